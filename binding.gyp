@@ -1,0 +1,31 @@
+{
+  "targets": [
+    {
+      "target_name": "peft_native",
+      "sources": [
+        "native/binding.cc",
+        "native/threadpool.cc",
+        "native/gemm/gemm.cc",
+        "native/gemm/kernel_generic.cc",
+        "native/gemm/kernel_avx2.cc",
+        "native/ops/norm.cc",
+        "native/ops/rope.cc",
+        "native/ops/attention.cc",
+        "native/ops/activations.cc",
+        "native/ops/elementwise.cc",
+        "native/ops/loss_optim_embed.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "ldflags": ["-pthread"],
+      "xcode_settings": {
+        "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+        "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
+        "OTHER_CPLUSPLUSFLAGS": ["-O3", "-fno-math-errno"]
+      }
+    }
+  ]
+}
