@@ -47,7 +47,7 @@ void block_scores(const AttentionShape& s, const float* q, const float* k, int64
     if (s.q_seg) {
       int32_t sq = s.q_seg[b * s.Tq + i];
       const int32_t* ks = s.k_seg + b * s.Tk;
-      for (int64_t j = 0; j < kend; ++j) if (ks[j] != sq) Sr[j] = kNegInf;
+      for (int64_t j = 0; j < kend; ++j) if (ks[j] >= 0 && ks[j] != sq) Sr[j] = kNegInf;  // k_seg < 0: shared (e.g. prefix)
     }
     if (s.add_mask) {
       const float* am = s.add_mask + (s.add_mask_batched ? b * s.Tq * s.Tk : 0) + i * s.Tk;

@@ -46,7 +46,8 @@ struct AttentionShape {
   float scale;
   bool causal;              // query i sees keys j <= (Tk - Tq) + i
   const uint8_t* key_mask;  // [B, Tk] 1 = attend, or null
-  const int32_t* q_seg;     // [B, Tq] segment ids (packing), with k_seg, or null
+  const int32_t* q_seg;     // [B, Tq] segment ids (packing), with k_seg, or null; a key with
+                            // k_seg < 0 is visible to every segment (prefix tokens)
   const int32_t* k_seg;     // [B, Tk]
   const float* add_mask;    // additive mask [B or 1, Tq, Tk], or null
   bool add_mask_batched;    // add_mask has a batch axis

@@ -1,0 +1,105 @@
+/**
+ * Reverse-mode automatic differentiation on a tape.
+ *
+ * Each differentiable op, when gradient recording is on and one of its inputs requires a
+ * gradient, marks its output as requiring one and appends a closure to the tape. `backward(loss)`
+ * runs the closures in reverse order; each reads its output's gradient (skipping ops whose output
+ * received none) and ACCUMULATES into its inputs' gradients. Frozen tensors (requiresGrad false)
+ * never get a gradient buffer, so e.g. a frozen weight costs no weight-gradient GEMM.
+ */
+import { allocF32 } from './pool.js';
+import { Tensor } from './tensor.js';
+
+interface Node {
+  out: Tensor;
+  backward: (gOut: Float32Array) => void;
+}
+
+let recording = true;
+let tape: Node[] = [];
+
+/** True when ops should record for backward. */
+export function isRecording(): boolean {
+  return recording;
+}
+
+/** Runs fn without recording (inference); restores the previous mode afterwards. */
+export function noGrad<T>(fn: () => T): T {
+  const prev = recording;
+  recording = false;
+  try {
+    return fn();
+  } finally {
+    recording = prev;
+  }
+}
+
+/** Whether an op over these inputs must record (and its output require a gradient). */
+export function needsGrad(...inputs: Array<Tensor | null | undefined>): boolean {
+  if (!recording) return false;
+  for (const t of inputs) if (t && t.requiresGrad) return true;
+  return false;
+}
+
+/**
+ * Records `backward` for `out` when any input requires a gradient. Returns out (marked).
+ * The closure receives dL/d(out) and must accumulate into `gradOf(input)` for inputs that
+ * require gradients.
+ */
+export function record(out: Tensor, inputs: Array<Tensor | null | undefined>, backward: (gOut: Float32Array) => void): Tensor {
+  if (!needsGrad(...inputs)) return out;
+  out.requiresGrad = true;
+  tape.push({ out, backward });
+  return out;
+}
+
+function root(t: Tensor): Tensor {
+  return t.base ?? t;
+}
+
+/**
+ * The gradient buffer of t (zero-initialised on first use): pooled for intermediates, a plain
+ * persistent buffer for leaves (parameters), which the optimiser zeroes between steps.
+ */
+export function gradOf(t: Tensor): Float32Array {
+  const r = root(t);
+  if (!r.grad) r.grad = r.isLeaf ? new Float32Array(r.size) : allocF32(r.size, true);
+  return r.grad;
+}
+
+/** The gradient of t if one has been accumulated, else null. */
+export function gradIfAny(t: Tensor): Float32Array | null {
+  return root(t).grad;
+}
+
+/**
+ * Back-propagates from `out` (seed gradient `seed`, default ones — i.e. d(sum(out))) through
+ * the recorded tape, then clears the tape. Intermediate gradient buffers are pooled and freed
+ * with the arena that allocated them.
+ */
+export function backward(out: Tensor, seed?: Float32Array): void {
+  const g = gradOf(out);
+  if (seed) {
+    if (seed.length !== g.length) throw new Error(`backward: seed has ${seed.length} elements, output ${g.length}`);
+    for (let i = 0; i < g.length; i++) g[i] += seed[i];
+  } else {
+    g.fill(1);
+  }
+  const nodes = tape;
+  tape = [];
+  for (let i = nodes.length - 1; i >= 0; i--) {
+    const n = nodes[i];
+    const go = root(n.out).grad;
+    if (go) n.backward(go);
+  }
+  // intermediates' gradients live in pooled buffers that the arena frees; drop the references
+  for (const n of nodes) {
+    const r = root(n.out);
+    if (!r.isLeaf) r.grad = null;
+  }
+}
+
+/** Discards recorded ops without running them (e.g. after an evaluation forward with recording on). */
+export function clearTape(): void {
+  tape = [];
+}

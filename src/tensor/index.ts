@@ -1,0 +1,12 @@
+export { Tensor } from './tensor.js';
+export { backward, clearTape, gradIfAny, gradOf, isRecording, noGrad, record } from './autograd.js';
+export { allocF32, poolIdleBytes, trimPool, withArena } from './pool.js';
+export { f32Weight, gemmWeight, weightBytes, weightTensor, weightToF32, type Weight, type WeightData } from './weight.js';
+export { linear, linearAccumulate } from './ops/linear.js';
+export { layernorm, rmsnorm } from './ops/norm.js';
+export { rope, ropeTable, type RopeTable } from './ops/rope.js';
+export { attention, type AttentionOptions } from './ops/attention.js';
+export { activation, dropout, swiglu } from './ops/activation.js';
+export { add, concatSeq, mulFeatures, repeatBatch, scale } from './ops/elementwise.js';
+export { embedding } from './ops/embedding.js';
+export { crossEntropy, IGNORE_INDEX, linearCrossEntropy, type LossResult } from './ops/loss.js';
