@@ -72,7 +72,7 @@ export const FP4_DEQUANT_LUT: Float32Array = Float32Array.from(FP4_CODE, (v, i) 
  * `dQuantizeNF4` thresholds, ascending: code = number of thresholds t with `x > t` (a value equal to a
  * threshold takes the lower code; NaN takes code 0). These are the float32 values of the kernel's
  * decimal literals (midpoints of neighbouring codes), rounded once from decimal as a C/CUDA
- * compiler does; `Math.fround(parseFloat(literal))` would double-round 5 of them.
+ * compiler does; `Math.fround(parseFloat(literal))` would double-round 4 of them (indices 0, 8, 12, 14).
  */
 export const NF4_THRESHOLDS: Float32Array = Float32Array.from([
   -0.8480964303016663, -0.6106328964233398, -0.4599952697753906, -0.33967941999435425,
