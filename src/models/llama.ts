@@ -257,3 +257,30 @@ export function forwardCached(model: CausalLM, seqs: CachedSeq[], ctx: ForwardCo
   for (const s of seqs) s.cache.advance(s.ids.length);
   return hidden;
 }
+
+/** Every float32 parameter tensor under its HF name (tied lm_head appears once, as the embedding). */
+export function namedParameters(model: CausalLM): Array<{ name: string; tensor: Tensor }> {
+  const out: Array<{ name: string; tensor: Tensor }> = [];
+  if (model.embedTokens.kind === 'f32') out.push({ name: 'model.embed_tokens.weight', tensor: model.embedTokens.tensor });
+  const lin = (m: LinearModule): void => {
+    if (m.weight.data.kind === 'f32') out.push({ name: `${m.name}.weight`, tensor: m.weight.data.tensor });
+    if (m.bias) out.push({ name: `${m.name}.bias`, tensor: m.bias });
+  };
+  for (const l of model.layers) {
+    out.push({ name: `model.layers.${l.index}.input_layernorm.weight`, tensor: l.inputLayernorm });
+    out.push({ name: `model.layers.${l.index}.post_attention_layernorm.weight`, tensor: l.postAttentionLayernorm });
+    for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) lin(m);
+  }
+  out.push({ name: 'model.norm.weight', tensor: model.norm });
+  const embedT = model.embedTokens.kind === 'f32' ? model.embedTokens.tensor : null;
+  if (!(model.lmHead.weight.data.kind === 'f32' && model.lmHead.weight.data.tensor === embedT)) lin(model.lmHead);
+  return out;
+}
+
+/** Linear modules of the decoder (q/k/v/o/gate/up/down of every layer), then lm_head. */
+export function linearModules(model: CausalLM): LinearModule[] {
+  const out: LinearModule[] = [];
+  for (const l of model.layers) out.push(l.q, l.k, l.v, l.o, l.gate, l.up, l.down);
+  out.push(model.lmHead);
+  return out;
+}

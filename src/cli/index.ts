@@ -1,0 +1,25 @@
+/** The `peft` command line. */
+import { Command } from 'commander';
+import { PeftError } from '../errors.js';
+import { generateCommand } from './generate.js';
+
+export function buildProgram(): Command {
+  const program = new Command('peft')
+    .description('parameter-efficient fine-tuning of causal language models (LoRA, QLoRA, adapters, prefix/prompt tuning, IA3)')
+    .showHelpAfterError();
+  program.addCommand(generateCommand());
+  return program;
+}
+
+export async function main(argv = process.argv): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (e) {
+    if (e instanceof PeftError || e instanceof RangeError) {
+      process.stderr.write(`peft: error: ${e.message}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Next-token selection from logits: greedy (temperature 0) or sampling with temperature, top-k
+ * and top-p (nucleus, Holtzman et al. 2020), applied in that order as transformers' logits
+ * processors do (TemperatureLogitsWarper → TopKLogitsWarper → TopPLogitsWarper).
+ */
+
+export interface SamplingOptions {
+  /** 0 (default) = greedy argmax. */
+  temperature?: number;
+  /** Keep only the k most likely tokens (0 = off). */
+  topK?: number;
+  /** Keep the smallest set of tokens whose probability mass reaches p (1 = off). */
+  topP?: number;
+  /** Seed of the sampling RNG (runs with the same seed pick the same tokens). */
+  seed?: number;
+}
+
+/** mulberry32: small, fast, seedable uniform [0, 1) generator. */
+export function makeRng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function argmax(x: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+  return best;
+}
+
+/** Validates options, throwing a RangeError naming the bad one. */
+export function checkSampling(o: SamplingOptions): void {
+  const t = o.temperature ?? 0;
+  if (!(t >= 0) || !Number.isFinite(t)) throw new RangeError(`temperature must be a number >= 0, got ${o.temperature}`);
+  const k = o.topK ?? 0;
+  if (!Number.isInteger(k) || k < 0) throw new RangeError(`top_k must be an integer >= 0, got ${o.topK}`);
+  const p = o.topP ?? 1;
+  if (!(p > 0 && p <= 1)) throw new RangeError(`top_p must be in (0, 1], got ${o.topP}`);
+}
+
+/** Picks the next token id from logits [vocab]. */
+export function sampleToken(logits: Float32Array, o: SamplingOptions, rng: () => number): number {
+  const t = o.temperature ?? 0;
+  if (t === 0) return argmax(logits);
+  const V = logits.length;
+  let idx = Array.from({ length: V }, (_, i) => i);
+  const scaled = new Float64Array(V);
+  for (let i = 0; i < V; i++) scaled[i] = logits[i] / t;
+  idx.sort((a, b) => scaled[b] - scaled[a]);
+  const k = o.topK ?? 0;
+  if (k > 0 && k < V) idx = idx.slice(0, k);
+  const mx = scaled[idx[0]];
+  let probs = idx.map((i) => Math.exp(scaled[i] - mx));
+  let sum = probs.reduce((a, b) => a + b, 0);
+  probs = probs.map((p) => p / sum);
+  const p = o.topP ?? 1;
+  if (p < 1) {
+    // keep tokens while the mass of those before them is < p (always keeps the top token)
+    let cum = 0, keep = 0;
+    while (keep < probs.length && cum < p) cum += probs[keep++];
+    idx = idx.slice(0, keep);
+    probs = probs.slice(0, keep);
+    sum = probs.reduce((a, b) => a + b, 0);
+    probs = probs.map((q) => q / sum);
+  }
+  let u = rng();
+  for (let i = 0; i < idx.length; i++) {
+    u -= probs[i];
+    if (u < 0) return idx[i];
+  }
+  return idx[idx.length - 1];
+}

@@ -1,0 +1,19 @@
+/** Locations inside the installed package (bundled model and data). */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'models'))) return dir;
+    dir = dirname(dir);
+  }
+  return process.cwd();
+}
+
+export const PACKAGE_ROOT = packageRoot();
+/** The bundled stories260K model (default when --model is omitted). */
+export const DEFAULT_MODEL = join(PACKAGE_ROOT, 'models', 'stories260K');
+export const DEFAULT_NEW_DOMAIN = join(PACKAGE_ROOT, 'data', 'grimms_fairy_tales', 'grimms_fairy_tales_body.txt');
+export const DEFAULT_OLD_DOMAIN = join(PACKAGE_ROOT, 'data', 'tinystories_val_sample', 'tinystories_val_head.txt');
