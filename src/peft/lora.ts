@@ -1,0 +1,318 @@
+/**
+ * LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", eq. 3):
+ * h = x·W₀ᵀ + b + scaling · (dropout(x)·Aᵀ)·Bᵀ with A [r, in], B [out, r] and
+ * scaling = lora_alpha / r, or lora_alpha / √r with rsLoRA (Kalajdzievski 2023).
+ * Follows HF PEFT `peft/tuners/lora/{config,layer,model}.py`: Kaiming-uniform(a=√5) A and zero B
+ * (or N(0, 1/r) A with init_lora_weights='gaussian'), rank_pattern/alpha_pattern per module,
+ * lora_bias (a bias on B, scaled with it), bias = none | all | lora_only, modules_to_save.
+ */
+import { PeftError } from '../errors.js';
+import type { CausalLM, ForwardContext, LinearModule } from '../models/llama.js';
+import { linearModules } from '../models/llama.js';
+import { native } from '../native/index.js';
+import {
+  allocF32, dropout, embedding, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32,
+} from '../tensor/index.js';
+import type { Batch } from '../models/llama.js';
+import { DEFAULT_LORA_TARGETS, type LoraConfig } from './config.js';
+import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
+import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
+
+/** The LoRA branch on one linear module. */
+export interface LoraLayer {
+  module: LinearModule;
+  r: number;
+  alpha: number;
+  scaling: number;
+  /** [r, in] */
+  A: Tensor;
+  /** [out, r] */
+  B: Tensor;
+  /** [out] when lora_bias. */
+  biasB: Tensor | null;
+  dropout: number;
+  /** True while the delta is merged into the module's weight (the branch is then skipped). */
+  merged: boolean;
+}
+
+/** Key prefix PEFT gives a module in adapter_model.safetensors. */
+export function peftKey(moduleName: string): string {
+  return `base_model.model.${moduleName}`;
+}
+
+/** Deterministic uniform generator for initialisation. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function gaussian(r: () => number): number {
+  const u = Math.max(r(), 1e-12);
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r());
+}
+
+/** Row-range view [start, end) of a [rows, cols] tensor's data. */
+function rowsOf(t: Tensor, rows: RowRange): Float32Array {
+  return t.data.subarray(rows.start * t.cols, rows.end * t.cols);
+}
+
+export class LoraAdapter implements AdapterMethod {
+  readonly peftType = 'LORA' as const;
+  readonly layers = new Map<string, LoraLayer>();
+  /** modules_to_save: trainable full copies, keyed by module name ('lm_head', 'model.embed_tokens', …). */
+  readonly copies = new Map<string, { weight: Tensor; bias: Tensor | null }>();
+  /** Base biases this adapter trains (bias = all | lora_only), keyed by module name. */
+  readonly biases = new Map<string, Tensor>();
+
+  constructor(readonly model: CausalLM, readonly cfg: LoraConfig, seed = 0) {
+    const targets = cfg.target_modules ?? DEFAULT_LORA_TARGETS[model.config.modelType] ?? ['q_proj', 'v_proj'];
+    const spec = { ...cfg, target_modules: targets };
+    const modules = linearModules(model).filter((m) => isTargeted(spec, m.name));
+    if (modules.length === 0)
+      throw new PeftError('target_modules matched no linear layer', {
+        field: 'target_modules', expected: `names such as ${moduleSuffixes(linearModules(model)).join(', ')}`, found: JSON.stringify(targets),
+      });
+    const r0 = rng(seed);
+    for (const m of modules) {
+      const rk = patternKey(cfg.rank_pattern, m.name);
+      const ak = patternKey(cfg.alpha_pattern, m.name);
+      const r = rk ? cfg.rank_pattern[rk] : cfg.r;
+      const alpha = ak ? cfg.alpha_pattern[ak] : cfg.lora_alpha;
+      const A = Tensor.param(new Float32Array(r * m.inFeatures), [r, m.inFeatures], false);
+      const B = Tensor.param(new Float32Array(m.outFeatures * r), [m.outFeatures, r], false);
+      if (cfg.init_lora_weights === 'gaussian') {
+        for (let i = 0; i < A.size; i++) A.data[i] = gaussian(r0) / r;
+      } else {
+        // kaiming_uniform_(a=√5): bound = gain·√(3/fan_in) with gain = √(2/(1+a²)) → 1/√fan_in
+        const bound = 1 / Math.sqrt(m.inFeatures);
+        for (let i = 0; i < A.size; i++) A.data[i] = (r0() * 2 - 1) * bound;
+      }
+      if (cfg.init_lora_weights === false) for (let i = 0; i < B.size; i++) B.data[i] = (r0() * 2 - 1) * 0.1;
+      const biasB = cfg.lora_bias ? Tensor.param(new Float32Array(m.outFeatures), [m.outFeatures], false) : null;
+      const scaling = cfg.use_rslora ? alpha / Math.sqrt(r) : alpha / r;
+      this.layers.set(m.name, { module: m, r, alpha, scaling, A, B, biasB, dropout: cfg.lora_dropout, merged: false });
+    }
+    for (const name of cfg.modules_to_save ?? []) this.addCopy(name);
+    if (cfg.bias !== 'none') {
+      for (const m of linearModules(model)) {
+        if (!m.bias) continue;
+        if (cfg.bias === 'all' || this.layers.has(m.name)) this.biases.set(m.name, m.bias);
+      }
+    }
+  }
+
+  private addCopy(name: string): void {
+    const model = this.model;
+    if (/(^|\.)embed_tokens$/.test(name)) {
+      const e = model.embedTokens;
+      const data = e.kind === 'f32' ? e.tensor.data.slice() : weightToF32({ rows: e.shape[0], cols: e.shape[1], data: { kind: 'bf16', bits: e.bits } });
+      const shape = e.kind === 'f32' ? e.tensor.shape : e.shape;
+      this.copies.set('model.embed_tokens', { weight: Tensor.param(data, [...shape], false), bias: null });
+      return;
+    }
+    const m = linearModules(model).find((x) => x.name === name || x.name.endsWith(`.${name}`));
+    if (!m) throw new PeftError('modules_to_save names no module of this model', { field: 'modules_to_save', expected: 'lm_head, embed_tokens or a linear module name', found: name });
+    this.copies.set(m.name, {
+      weight: Tensor.param(weightToF32(m.weight), [m.outFeatures, m.inFeatures], false),
+      bias: m.bias ? Tensor.param(m.bias.data.slice(), [...m.bias.shape], false) : null,
+    });
+  }
+
+  config(): Record<string, unknown> {
+    const c = this.cfg;
+    const targets = typeof c.target_modules === 'string' && c.target_modules.toLowerCase() !== 'all-linear'
+      ? c.target_modules
+      : moduleSuffixes([...this.layers.values()].map((l) => l.module));
+    return {
+      alpha_pattern: c.alpha_pattern,
+      auto_mapping: null,
+      base_model_name_or_path: c.base_model_name_or_path,
+      bias: c.bias,
+      exclude_modules: c.exclude_modules,
+      fan_in_fan_out: false,
+      inference_mode: true,
+      init_lora_weights: c.init_lora_weights,
+      layer_replication: null,
+      layers_pattern: c.layers_pattern,
+      layers_to_transform: c.layers_to_transform,
+      loftq_config: {},
+      lora_alpha: c.lora_alpha,
+      lora_bias: c.lora_bias,
+      lora_dropout: c.lora_dropout,
+      megatron_config: null,
+      megatron_core: 'megatron.core',
+      modules_to_save: c.modules_to_save,
+      peft_type: 'LORA',
+      r: c.r,
+      rank_pattern: c.rank_pattern,
+      revision: c.revision,
+      target_modules: targets,
+      task_type: 'CAUSAL_LM',
+      use_dora: false,
+      use_rslora: c.use_rslora,
+    };
+  }
+
+  stateDict(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    for (const [name, l] of this.layers) {
+      out.set(`${peftKey(name)}.lora_A.weight`, l.A);
+      out.set(`${peftKey(name)}.lora_B.weight`, l.B);
+      if (l.biasB) out.set(`${peftKey(name)}.lora_B.bias`, l.biasB);
+    }
+    for (const [name, c] of this.copies) {
+      out.set(`${peftKey(name)}.weight`, c.weight);
+      if (c.bias) out.set(`${peftKey(name)}.bias`, c.bias);
+    }
+    for (const [name, b] of this.biases) out.set(`${peftKey(name)}${this.layers.has(name) ? '.base_layer' : ''}.bias`, b);
+    return out;
+  }
+
+  trainableParameters(): NamedTensor[] {
+    return [...this.stateDict()].map(([name, tensor]) => ({ name, tensor }));
+  }
+
+  numParameters(): number {
+    let n = 0;
+    for (const [name, t] of this.stateDict()) if (!name.endsWith('.bias') || !this.isBaseBias(name)) n += t.size;
+    return n;
+  }
+
+  /** Base biases belong to the base model: they are counted there, not as adapter parameters. */
+  private isBaseBias(key: string): boolean {
+    for (const [name] of this.biases) if (key === `${peftKey(name)}.base_layer.bias` || key === `${peftKey(name)}.bias`) return true;
+    return false;
+  }
+
+  linearTargets(): Set<string> {
+    return new Set([...this.layers.keys(), ...[...this.copies.keys()].filter((k) => k !== 'model.embed_tokens')]);
+  }
+
+  linearPost(m: LinearModule, x: Tensor, y: Tensor, ctx: ForwardContext, rows?: RowRange): Tensor {
+    const copy = this.copies.get(m.name);
+    if (copy) y = rows ? this.replaceRows(x, y, copy, rows) : linear(x, f32Weight(copy.weight), copy.bias);
+    const l = this.layers.get(m.name);
+    if (!l || l.merged) return y;
+    if (rows) {
+      this.deltaRows(l, x, y, rows);
+      return y;
+    }
+    const xd = ctx.training && l.dropout > 0 ? dropout(x, l.dropout, ctx.seed * 1000003 + ctx.dropoutCalls++) : x;
+    const xa = linear(xd, f32Weight(l.A));
+    y = linearAccumulate(y, xa, f32Weight(l.B), l.scaling);
+    if (l.biasB) y = addScaledBias(y, l.biasB, l.scaling);
+    return y;
+  }
+
+  /** Inference on a row range: y[rows] += scaling · (x[rows]·Aᵀ)·Bᵀ (+ scaling · bias_B). */
+  private deltaRows(l: LoraLayer, x: Tensor, y: Tensor, rows: RowRange): void {
+    const M = rows.end - rows.start, K = l.module.inFeatures, N = l.module.outFeatures;
+    if (M <= 0) return;
+    const xa = allocF32(M * l.r);
+    native.gemm(false, true, M, l.r, K, 1, rowsOf(x, rows), K, l.A.data, K, 0, xa, l.r);
+    const yr = rowsOf(y, rows);
+    native.gemm(false, true, M, N, l.r, l.scaling, xa, l.r, l.B.data, l.r, 1, yr, N);
+    if (l.biasB) {
+      const b = new Float32Array(N);
+      native.scale(l.biasB.data, l.scaling, b);
+      native.addRow(yr, b, M, N);
+    }
+  }
+
+  private replaceRows(x: Tensor, y: Tensor, copy: { weight: Tensor; bias: Tensor | null }, rows: RowRange): Tensor {
+    const M = rows.end - rows.start, K = x.cols, N = y.cols;
+    const yr = rowsOf(y, rows);
+    native.gemm(false, true, M, N, K, 1, rowsOf(x, rows), K, copy.weight.data, K, 0, yr, N);
+    if (copy.bias) native.addRow(yr, copy.bias.data, M, N);
+    return y;
+  }
+
+  input(embeds: Tensor, batch: Batch, _ctx: ForwardContext): { embeds: Tensor; batch: Batch } {
+    const copy = this.copies.get('model.embed_tokens');
+    if (!copy) return { embeds, batch };
+    return { embeds: embedding(copy.weight, batch.ids), batch };
+  }
+
+  /** W ← W + scaling·B·A (and bias ← bias + scaling·bias_B) for every layer; float32 or bfloat16 bases (bf16 is widened). */
+  merge(): void {
+    for (const l of this.layers.values()) {
+      if (l.merged) continue;
+      applyDelta(l, +1);
+      l.merged = true;
+    }
+  }
+
+  /** W ← W − scaling·B·A: restores the weights (to float32 rounding). */
+  unmerge(): void {
+    for (const l of this.layers.values()) {
+      if (!l.merged) continue;
+      applyDelta(l, -1);
+      l.merged = false;
+    }
+  }
+}
+
+/** The full-precision delta scaling·B·A [out, in] of a layer. */
+export function loraDelta(l: LoraLayer): Float32Array {
+  const out = new Float32Array(l.module.outFeatures * l.module.inFeatures);
+  native.gemm(false, false, l.module.outFeatures, l.module.inFeatures, l.r, l.scaling, l.B.data, l.r, l.A.data, l.module.inFeatures, 0, out, l.module.inFeatures);
+  return out;
+}
+
+function applyDelta(l: LoraLayer, sign: number): void {
+  const m = l.module;
+  const d = m.weight.data;
+  if (d.kind === 'q4')
+    throw new PeftError('cannot merge LoRA into a 4-bit weight in place; use `peft merge`, which dequantizes and writes a float32 model', { field: m.name });
+  if (d.kind === 'bf16') m.weight = f32Weight(Tensor.param(weightToF32(m.weight), [m.outFeatures, m.inFeatures], false));
+  const w = (m.weight.data as { kind: 'f32'; tensor: Tensor }).tensor;
+  native.gemm(false, false, m.outFeatures, m.inFeatures, l.r, sign * l.scaling, l.B.data, l.r, l.A.data, m.inFeatures, 1, w.data, m.inFeatures);
+  if (l.biasB) {
+    if (!m.bias) m.bias = Tensor.param(new Float32Array(m.outFeatures), [m.outFeatures], false);
+    native.axpy(sign * l.scaling, l.biasB.data, m.bias.data);
+  }
+}
+
+/** In place: y[r, :] += s · b (differentiable w.r.t. b and y). */
+function addScaledBias(y: Tensor, b: Tensor, s: number): Tensor {
+  const scaled = new Float32Array(b.size);
+  native.scale(b.data, s, scaled);
+  native.addRow(y.data, scaled, y.rows, y.cols);
+  return record(y, [y, b], (gy) => {
+    if (b.requiresGrad) {
+      const tmp = new Float32Array(b.size);
+      native.sumRows(gy, null, tmp, y.rows, y.cols);
+      native.axpy(s, tmp, gradOf(b));
+    }
+  });
+}
+
+/**
+ * Loads LoRA tensors (PEFT state-dict keys, `.default` adapter names dropped) into an adapter
+ * created from the same config. Missing or unexpected tensors are reported by name; a shape
+ * mismatch names the tensor and both shapes.
+ */
+export function loadLoraTensors(a: LoraAdapter, tensors: Map<string, { data: Float32Array; shape: number[] }>, file: string): void {
+  const expected = a.stateDict();
+  const missing = [...expected.keys()].filter((k) => !tensors.has(k));
+  const unexpected = [...tensors.keys()].filter((k) => !expected.has(k));
+  if (missing.length > 0 || unexpected.length > 0) {
+    // a rank mismatch shows up as a shape error below; here only names
+    const parts: string[] = [];
+    if (missing.length) parts.push(`missing: ${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ` … (${missing.length})` : ''}`);
+    if (unexpected.length) parts.push(`unexpected: ${unexpected.slice(0, 8).join(', ')}${unexpected.length > 8 ? ` … (${unexpected.length})` : ''}`);
+    throw new PeftError(`adapter tensors do not match the config and base model (${parts.join('; ')})`, { file });
+  }
+  for (const [key, t] of expected) {
+    const src = tensors.get(key)!;
+    if (src.shape.length !== t.shape.length || src.shape.some((d, i) => d !== t.shape[i]))
+      throw new PeftError('adapter tensor shape does not match the base model and config', { file, field: key, expected: `[${t.shape}]`, found: `[${src.shape}]` });
+    t.data.set(src.data);
+  }
+}
