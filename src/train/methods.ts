@@ -1,0 +1,56 @@
+/**
+ * Training methods: what is trained and how a batch's loss is computed. `full` fine-tunes every
+ * weight of the base model (the baseline PEFT is compared against); the PEFT methods train one
+ * adapter of a PeftModel while the base stays frozen.
+ */
+import type { Batch, CausalLM, ForwardContext } from '../models/llama.js';
+import { forwardHidden, lmLoss, namedParameters } from '../models/llama.js';
+import { PeftError } from '../errors.js';
+import type { NamedTensor } from '../peft/types.js';
+import type { LossResult } from '../tensor/index.js';
+
+/** What the trainer needs from a micro-batch. */
+export interface LabelledBatch {
+  batch: Batch;
+  /** [B·T]: the token to predict at each row, −100 = no loss. */
+  labels: Int32Array;
+  numTargets: number;
+}
+
+/**
+ * Labels for a batch an input hook extended with P virtual tokens per row (prompt tuning):
+ * the virtual tokens predict nothing except the last, which predicts the row's first token when
+ * `predictFirst` (HF PEFT prepends P labels of −100 to `labels = input_ids`, so the last virtual
+ * token predicts input_ids[0]).
+ */
+export function extendLabels(labels: Int32Array, ids: Int32Array, B: number, T: number, P: number, predictFirst: boolean,
+  keyMask?: Uint8Array | null): Int32Array {
+  if (P === 0) return labels;
+  const out = new Int32Array(B * (P + T)).fill(-100);
+  for (let b = 0; b < B; b++) {
+    out.set(labels.subarray(b * T, (b + 1) * T), b * (P + T) + P);
+    if (predictFirst && (!keyMask || keyMask[b * T])) out[b * (P + T) + P - 1] = ids[b * T];
+  }
+  return out;
+}
+
+/** Loss of a labelled batch through the model (and its active adapters, when it has any). */
+export function batchLoss(model: CausalLM, lb: LabelledBatch, gradScale: number, ctx: ForwardContext,
+  predictFirstFromVirtual = false): LossResult {
+  const { hidden, batch } = forwardHidden(model, lb.batch, ctx);
+  const P = batch.T - lb.batch.T;
+  const labels = P > 0
+    ? extendLabels(lb.labels, lb.batch.ids, lb.batch.B, lb.batch.T, P, predictFirstFromVirtual, lb.batch.keyMask)
+    : lb.labels;
+  return lmLoss(model, hidden, labels, gradScale, ctx);
+}
+
+/** Every base weight trainable (full fine-tuning); requires float32 weights. */
+export function fullFineTuneParameters(model: CausalLM): NamedTensor[] {
+  const params = namedParameters(model).map((p) => ({ name: p.name, tensor: p.tensor }));
+  const frozen = model.layers.some((l) => [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].some((m) => m.weight.data.kind !== 'f32'));
+  if (frozen || model.embedTokens.kind !== 'f32')
+    throw new PeftError('full fine-tuning needs float32 weights; load the model with dtype float32 (not quantized or bfloat16)');
+  for (const p of params) p.tensor.requiresGrad = true;
+  return params;
+}
