@@ -2,12 +2,14 @@
 import { Command } from 'commander';
 import { PeftError } from '../errors.js';
 import { generateCommand } from './generate.js';
+import { quantizeCommand } from './quantize.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
     .description('parameter-efficient fine-tuning of causal language models (LoRA, QLoRA, adapters, prefix/prompt tuning, IA3)')
     .showHelpAfterError();
   program.addCommand(generateCommand());
+  program.addCommand(quantizeCommand());
   return program;
 }
 

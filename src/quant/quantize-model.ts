@@ -1,0 +1,479 @@
+/**
+ * The QLoRA base: linear weights stored frozen in 4 bits (NF4 / FP4, bitsandbytes layout, see
+ * `bnb-layout.md`) and multiplied by the native `gemmQ4`, which dequantizes inside the GEMM packing.
+ *
+ * - {@link toQ4Native} / {@link fromQ4Native}: between the quantizer's {@link Quant4} and the
+ *   addon's {@link Q4Native} (same bytes, no copy).
+ * - {@link quantizeWeight}: one f32 / bf16 {@link Weight} to a 'q4' Weight.
+ * - {@link loadModelQuantized}: `loadModel` with every decoder linear weight quantized as it is
+ *   read. Embeddings, norms, biases and `lm_head` stay float32 (as transformers / QLoRA do).
+ * - {@link quantizationReport}: exact storage accounting.
+ *
+ * Load-time memory. `loadModel` (src/models/load.ts) reads each safetensors file into ONE buffer
+ * (`readModelWeights` → `readSafetensorsFile`); every tensor entry is a view into it, so the whole
+ * file stays alive until `buildModel` returns — for a float32 checkpoint that is a full float32 copy
+ * of all linear weights, on top of the quantized weights being built (and `weightOf` copies each
+ * tensor once more before the transform sees it). {@link loadModelQuantized} therefore does not use
+ * `readModelWeights`: {@link readModelWeightsLazy} parses only the headers and gives entries whose
+ * `data` is read from disk (one `readSync` of that tensor's byte range) when `buildModel` first
+ * touches it. Each linear weight is read, quantized and dropped before the next one is read, so the
+ * peak is the quantized model + the float32 non-linear weights + a few copies of ONE tensor.
+ */
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { PeftError } from '../errors.js';
+import { isDType, type DType, type TensorEntry } from '../io/safetensors.js';
+import { loadConfig } from '../models/config.js';
+import type { CausalLM, LinearModule } from '../models/llama.js';
+import { buildModel, type LoadOptions } from '../models/load.js';
+import type { Q4Native } from '../native/index.js';
+import type { Weight } from '../tensor/index.js';
+import {
+  BLOCKSIZES_4BIT, bitsPerParameter, FP4_DEQUANT_LUT, NF4_CODE, quantize4bit,
+  type Quant4, type QuantType4, type TorchDtypeName,
+} from './nf4.js';
+
+/** How linear weights are quantized. */
+export interface QuantizeOptions {
+  /** 4-bit data type. Default 'nf4'. */
+  quantType?: QuantType4;
+  /** Elements per absmax block, one of 32, 64, …, 4096. Default 64. */
+  blocksize?: number;
+  /** Quantize the absmax statistics again (8 bits, blocks of 256). Default true. */
+  doubleQuant?: boolean;
+}
+
+/** {@link quantizeWeight}'s options. */
+export interface QuantizeWeightOptions extends QuantizeOptions {
+  /**
+   * The checkpoint dtype the weight came from, recorded in the quant state a bnb checkpoint stores
+   * (`"dtype"` of `quant_state.bitsandbytes__*`). Default: 'bfloat16' for bf16 storage, else 'float32'.
+   */
+  sourceDtype?: TorchDtypeName;
+}
+
+/** What a Q4Native was quantized as (kept beside it, the addon needs none of it). */
+interface Q4Meta {
+  quantType: QuantType4;
+  sourceDtype: TorchDtypeName;
+}
+
+const q4Meta = new WeakMap<Q4Native, Q4Meta>();
+
+/** Records the quant type and source dtype of a Q4Native (used when saving a checkpoint). */
+export function setQ4Meta(q4: Q4Native, meta: Q4Meta): void {
+  q4Meta.set(q4, meta);
+}
+
+/** The quant type of a Q4Native: recorded, else inferred from its 16-entry code table. */
+export function q4QuantType(q4: Q4Native): QuantType4 {
+  const m = q4Meta.get(q4);
+  if (m) return m.quantType;
+  if (q4.code.every((v, i) => v === NF4_CODE[i])) return 'nf4';
+  if (q4.code.every((v, i) => v === FP4_DEQUANT_LUT[i])) return 'fp4';
+  throw new PeftError('4-bit weight has a code table that is neither NF4 nor FP4', { field: 'q4.code', found: Array.from(q4.code).join(', ') });
+}
+
+/** The dtype the weight had before quantization (for the bnb quant state); 'float32' when unknown. */
+export function q4SourceDtype(q4: Q4Native): TorchDtypeName {
+  return q4Meta.get(q4)?.sourceDtype ?? 'float32';
+}
+
+/**
+ * The addon's view of a quantized [rows, cols] matrix (row-major, as quantized). Shares the
+ * arrays of `q`. The 16-entry code table is the CUDA dequantization LUT (NF4: {@link NF4_CODE};
+ * FP4: {@link FP4_DEQUANT_LUT}, whose code 8 is −0.0), so `dequantQ4` / `gemmQ4` reproduce
+ * `dequantize4bit` bit for bit.
+ * @throws PeftError when rows × cols differs from `q.numel`.
+ */
+export function toQ4Native(q: Quant4, rows: number, cols: number): Q4Native {
+  if (!Number.isSafeInteger(rows) || !Number.isSafeInteger(cols) || rows < 0 || cols < 0 || rows * cols !== q.numel) {
+    throw new PeftError('matrix shape does not match the quantized element count', {
+      field: 'shape', expected: `rows × cols = ${q.numel}`, found: `${rows} × ${cols}`,
+    });
+  }
+  const code = q.quantType === 'nf4' ? NF4_CODE : FP4_DEQUANT_LUT;
+  const out: Q4Native = { packed: q.packed, code, rows, cols, blocksize: q.blocksize, absmax: q.absmax ?? null };
+  if (q.nested) {
+    out.absmaxCodes = q.nested.absmaxCodes;
+    out.nestedAbsmax = q.nested.nestedAbsmax;
+    out.nestedCode = q.nested.code;
+    out.nestedBlocksize = q.nested.nestedBlocksize;
+    out.offset = q.nested.offset;
+  }
+  setQ4Meta(out, { quantType: q.quantType, sourceDtype: 'float32' });
+  return out;
+}
+
+/** The {@link Quant4} behind a Q4Native (shares its arrays), with shape [rows, cols]. */
+export function fromQ4Native(q4: Q4Native): Quant4 {
+  const q: Quant4 = {
+    packed: q4.packed, blocksize: q4.blocksize, quantType: q4QuantType(q4), numel: q4.rows * q4.cols, shape: [q4.rows, q4.cols],
+  };
+  if (q4.absmax) q.absmax = q4.absmax;
+  else {
+    if (!q4.absmaxCodes || !q4.nestedAbsmax || !q4.nestedCode || q4.offset === undefined) {
+      throw new PeftError('4-bit weight has neither absmax nor complete nested statistics', { field: 'q4.absmax' });
+    }
+    q.nested = {
+      absmaxCodes: q4.absmaxCodes, nestedAbsmax: q4.nestedAbsmax, offset: q4.offset,
+      nestedBlocksize: q4.nestedBlocksize ?? 256, code: q4.nestedCode,
+    };
+  }
+  return q;
+}
+
+function checkOptions(opts: QuantizeOptions): Required<QuantizeOptions> {
+  const quantType = opts.quantType ?? 'nf4';
+  const blocksize = opts.blocksize ?? 64;
+  if (quantType !== 'nf4' && quantType !== 'fp4') {
+    throw new PeftError('unsupported 4-bit quant type', { field: 'quantType', expected: "'nf4' or 'fp4'", found: String(quantType) });
+  }
+  if (!BLOCKSIZES_4BIT.includes(blocksize)) {
+    throw new PeftError('unsupported blocksize', { field: 'blocksize', expected: `one of ${BLOCKSIZES_4BIT.join(', ')}`, found: String(blocksize) });
+  }
+  return { quantType, blocksize, doubleQuant: opts.doubleQuant ?? true };
+}
+
+/**
+ * Quantizes a float32 or bfloat16 weight to 4 bits (bitsandbytes `quantize_4bit`, bit-exact; see
+ * nf4.ts). A 'q4' weight is returned unchanged. The float32 values are only read.
+ * @throws PeftError for a bad quant type / blocksize or a non-finite weight value.
+ */
+export function quantizeWeight(w: Weight, opts: QuantizeWeightOptions = {}): Weight {
+  const o = checkOptions(opts);
+  const d = w.data;
+  if (d.kind === 'q4') return w;
+  let values: Float32Array;
+  if (d.kind === 'f32') values = d.tensor.data;
+  else {
+    values = new Float32Array(d.bits.length);
+    const u = new Uint32Array(values.buffer);
+    for (let i = 0; i < d.bits.length; i++) u[i] = d.bits[i] << 16;
+  }
+  const q = quantize4bit(values, { quantType: o.quantType, blocksize: o.blocksize, doubleQuant: o.doubleQuant });
+  const q4 = toQ4Native(q, w.rows, w.cols);
+  setQ4Meta(q4, { quantType: o.quantType, sourceDtype: opts.sourceDtype ?? (d.kind === 'bf16' ? 'bfloat16' : 'float32') });
+  return { rows: w.rows, cols: w.cols, data: { kind: 'q4', q4 } };
+}
+
+/** The decoder's linear modules (q/k/v/o/gate/up/down of every layer) — the ones QLoRA quantizes. */
+export function decoderLinears(model: CausalLM): LinearModule[] {
+  const out: LinearModule[] = [];
+  for (const l of model.layers) out.push(l.q, l.k, l.v, l.o, l.gate, l.up, l.down);
+  return out;
+}
+
+/**
+ * Quantizes, in place, every decoder linear weight of an already loaded model (not `lm_head`, not
+ * the embeddings). Already quantized weights are left alone. Returns the number quantized.
+ * Prefer {@link loadModelQuantized}, which never holds the float32 linear weights all at once.
+ */
+export function quantizeModel(model: CausalLM, opts: QuantizeOptions = {}): number {
+  checkOptions(opts);
+  let n = 0;
+  for (const m of decoderLinears(model)) {
+    if (m.weight.data.kind === 'q4') continue;
+    m.weight = quantizeWeight(m.weight, opts);
+    n++;
+  }
+  return n;
+}
+
+// ------------------------------------------------------------------------------------------------
+// per-tensor (lazy) safetensors reading
+// ------------------------------------------------------------------------------------------------
+
+const DTYPE_BYTES: Readonly<Record<DType, number>> = {
+  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1, U16: 2, U32: 4, U64: 8,
+};
+
+/** Reads `length` bytes at `position` of `file` into a new buffer of exactly that size. */
+function readRange(file: string, position: number, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  const fd = openSync(file, 'r');
+  try {
+    let done = 0;
+    while (done < length) {
+      const n = readSync(fd, out, done, Math.min(length - done, 2 ** 30), position + done);
+      if (n === 0) throw new PeftError('file truncated', { file, expected: `${length} bytes at offset ${position}`, found: `${done}` });
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
+}
+
+/**
+ * Parses the header of one safetensors file (the same checks as `parseSafetensors` in
+ * src/io/safetensors.ts: header size, JSON, dtype, shape, byte length = shape × dtype size, tensors
+ * tiling the data section) WITHOUT reading the data. Each entry's `data` is read from disk on first
+ * access and cached in the entry, so it lives only as long as the entry does.
+ * @throws PeftError naming the file and the field / tensor.
+ */
+export function readSafetensorsLazy(file: string): Map<string, TensorEntry> {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new PeftError('file not found', { file, expected: 'a safetensors file', found: 'nothing' });
+    throw e;
+  }
+  let size: number;
+  try {
+    const st = fstatSync(fd);
+    if (st.isDirectory()) throw new PeftError('is a directory', { file, expected: 'a safetensors file', found: 'a directory' });
+    size = st.size;
+  } finally {
+    closeSync(fd);
+  }
+  if (size < 8) throw new PeftError('file truncated: no room for the 8-byte header length', { file, field: 'header length', found: `${size} bytes` });
+  const lenBuf = readRange(file, 0, 8);
+  const n = new DataView(lenBuf.buffer).getBigUint64(0, true);
+  if (n > 100_000_000n || 8n + n > BigInt(size)) {
+    throw new PeftError('bad header length', { file, field: 'header length', expected: `at most ${Math.min(100_000_000, size - 8)} bytes`, found: `${n} bytes` });
+  }
+  const hbytes = readRange(file, 8, Number(n));
+  const dataStart = 8 + hbytes.length;
+  let v: unknown;
+  try {
+    v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(hbytes));
+  } catch (e) {
+    throw new PeftError('header is not UTF-8 JSON', { file, field: 'header', found: (e as Error).message });
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new PeftError('header is not a JSON object', { file, field: 'header' });
+  const header = v as Record<string, unknown>;
+  const dataLength = size - dataStart;
+  const infos: Array<{ name: string; dtype: DType; shape: number[]; begin: number; end: number }> = [];
+  for (const [name, value] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const t = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown } | null;
+    if (typeof t !== 'object' || t === null) throw new PeftError('tensor entry is not an object', { file, field: name });
+    if (!isDType(t.dtype)) throw new PeftError('unknown dtype', { file, field: `${name}.dtype`, found: JSON.stringify(t.dtype) });
+    const shape = t.shape;
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      throw new PeftError('bad shape', { file, field: `${name}.shape`, expected: 'an array of non-negative integers', found: JSON.stringify(shape) });
+    }
+    const off = t.data_offsets;
+    if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[0] > off[1] || off[1] > dataLength) {
+      throw new PeftError('bad data_offsets', { file, field: `${name}.data_offsets`, expected: `[begin, end] within the ${dataLength}-byte data section`, found: JSON.stringify(off) });
+    }
+    const bytes = (shape as number[]).reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+    if (off[1] - off[0] !== bytes) {
+      throw new PeftError('byte length does not match shape and dtype', { file, field: name, expected: `${bytes} bytes`, found: `${off[1] - off[0]} bytes` });
+    }
+    infos.push({ name, dtype: t.dtype, shape: shape as number[], begin: off[0] as number, end: off[1] as number });
+  }
+  infos.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let cursor = 0;
+  for (const t of infos) {
+    if (t.begin !== cursor) {
+      throw new PeftError(t.begin < cursor ? 'tensors overlap' : 'hole in the data section before tensor', { file, field: t.name, expected: `data to start at byte ${cursor}`, found: `${t.begin}` });
+    }
+    cursor = t.end;
+  }
+  if (cursor !== dataLength) throw new PeftError('trailing bytes after the last tensor', { file, field: 'data section', expected: `${cursor} bytes`, found: `${dataLength} bytes` });
+  const out = new Map<string, TensorEntry>();
+  for (const t of infos) out.set(t.name, lazyEntry(file, t.name, t.dtype, t.shape, dataStart + t.begin, t.end - t.begin));
+  return out;
+}
+
+function lazyEntry(file: string, name: string, dtype: DType, shape: number[], position: number, length: number): TensorEntry {
+  let cache: Uint8Array | undefined;
+  return {
+    name, dtype, shape, file,
+    get data(): Uint8Array {
+      if (cache === undefined) cache = readRange(file, position, length);
+      return cache;
+    },
+  };
+}
+
+/**
+ * `readModelWeights` (src/io/safetensors.ts) without reading any tensor data up front: the same
+ * file choice (`model.safetensors`, else the shards of `model.safetensors.index.json`), entries
+ * from {@link readSafetensorsLazy}.
+ * @throws PeftError naming the directory, index or shard and tensor.
+ */
+export function readModelWeightsLazy(dir: string): Map<string, TensorEntry> {
+  const single = join(dir, 'model.safetensors');
+  if (existsSync(single)) return readSafetensorsLazy(single);
+  const index = join(dir, 'model.safetensors.index.json');
+  if (!existsSync(index)) {
+    throw new PeftError('no safetensors weights found', { file: dir, expected: 'model.safetensors or model.safetensors.index.json', found: 'neither' });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(index, 'utf8'));
+  } catch (e) {
+    throw new PeftError('index is not valid JSON', { file: index, found: (e as Error).message });
+  }
+  const wm = (parsed as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) {
+    throw new PeftError('index has no weight_map object', { file: index, field: 'weight_map', expected: 'an object {tensorName: shardFile}' });
+  }
+  const shards = new Map<string, Map<string, TensorEntry>>();
+  const out = new Map<string, TensorEntry>();
+  for (const [tensor, shard] of Object.entries(wm as Record<string, unknown>)) {
+    if (typeof shard !== 'string' || shard !== basename(shard) || shard === '.' || shard === '..') {
+      throw new PeftError('bad shard file name', { file: index, field: `weight_map.${tensor}`, expected: 'a file name in the same directory', found: JSON.stringify(shard) });
+    }
+    let contents = shards.get(shard);
+    if (!contents) {
+      contents = readSafetensorsLazy(join(dir, shard));
+      shards.set(shard, contents);
+    }
+    const e = contents.get(tensor);
+    if (!e) throw new PeftError('tensor listed in model.safetensors.index.json is missing from its shard', { file: join(dir, shard), field: tensor });
+    out.set(tensor, e);
+  }
+  return out;
+}
+
+/** The torch dtype name of a safetensors dtype, for the quant state ('float32' for anything else). */
+export function torchDtypeOf(d: DType): TorchDtypeName {
+  return d === 'BF16' ? 'bfloat16' : d === 'F16' ? 'float16' : 'float32';
+}
+
+/** Whether config.json of `raw` declares a bitsandbytes-quantized checkpoint. */
+export function isBnbQuantizedConfig(raw: Record<string, unknown>): boolean {
+  const qc = raw.quantization_config as Record<string, unknown> | undefined;
+  return typeof qc === 'object' && qc !== null && qc.quant_method === 'bitsandbytes';
+}
+
+/** {@link loadModelQuantized}'s options. */
+export interface LoadQuantizedOptions extends QuantizeOptions {
+  /**
+   * Storage of the weights that stay unquantized (embeddings, lm_head): 'float32' (default — QLoRA
+   * keeps them in the compute dtype) or 'auto' (a BF16 checkpoint keeps them bfloat16).
+   */
+  dtype?: LoadOptions['dtype'];
+}
+
+/**
+ * Loads a causal LM with every decoder linear weight quantized to 4 bits as it is read (see this
+ * module's header for the memory behaviour). Embeddings, norms, biases and `lm_head` are float32.
+ * @throws PeftError for the errors of `loadModel`, bad options, or a checkpoint that is already
+ *   bitsandbytes-quantized (load those with `loadBnbCheckpoint` from ./bnb-checkpoint.ts).
+ */
+export function loadModelQuantized(dir: string, opts: LoadQuantizedOptions = {}): CausalLM {
+  const o = checkOptions(opts);
+  const config = loadConfig(dir);
+  if (isBnbQuantizedConfig(config.raw)) {
+    throw new PeftError('checkpoint is already bitsandbytes-quantized', {
+      file: join(dir, 'config.json'), field: 'quantization_config', expected: 'a float checkpoint (load this one with loadBnbCheckpoint)',
+    });
+  }
+  const weights = readModelWeightsLazy(dir);
+  const dtypes = new Map<string, DType>();
+  for (const [name, e] of weights) dtypes.set(name, e.dtype);
+  return buildModel(config, weights, dir, {
+    dtype: opts.dtype ?? 'float32',
+    weightTransform: (name, w) => quantizeWeight(w, { ...o, sourceDtype: torchDtypeOf(dtypes.get(`${name}.weight`) ?? 'F32') }),
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// accounting
+// ------------------------------------------------------------------------------------------------
+
+/** Storage of a model whose linear weights are (partly) 4-bit. All sizes in bytes. */
+export interface QuantizationReport {
+  /** Quant type of the quantized weights ('mixed' if they differ, null if none). */
+  quantType: QuantType4 | 'mixed' | null;
+  /** Block size of the quantized weights (null if none or mixed). */
+  blocksize: number | null;
+  /** Whether the quantized weights use double quantization (null if none or mixed). */
+  doubleQuant: boolean | null;
+  /** Number of 4-bit linear weights. */
+  quantizedLayers: number;
+  /** Parameters stored in 4 bits. */
+  quantizedParams: number;
+  /**
+   * Exact storage bits per quantized parameter: packed codes + absmax (float32 per block, or 8-bit
+   * codes + float32 nested absmax per 256 blocks + the float32 offset), summed over all quantized
+   * weights and divided by {@link quantizedParams}. Includes the code tables only with
+   * `includeCodebooks` (then it is what a bitsandbytes checkpoint stores, less the JSON state).
+   */
+  bitsPerParam: number;
+  /** Bytes of the quantized weights, on the same basis as bitsPerParam (= bitsPerParam × params / 8). */
+  quantizedBytes: number;
+  /** Bytes of the per-tensor code tables (quant_map 16 × f32, nested_quant_map 256 × f32) a checkpoint stores. */
+  codebookBytes: number;
+  /** What the quantized weights would take in float32 (4 bytes per parameter). */
+  float32BytesOfThoseLayers: number;
+  /** quantizedBytes / float32BytesOfThoseLayers (= bitsPerParam / 32). */
+  ratio: number;
+  /** Parameters of every other weight (embeddings, norms, biases, unquantized linears such as lm_head). */
+  unquantizedParams: number;
+  /** Bytes of those other weights in their storage (f32 or bf16). */
+  unquantizedBytes: number;
+  /** All weights of the model as stored: quantizedBytes + unquantizedBytes (a tied lm_head counted once). */
+  baseBytesTotal: number;
+  /** All weights of the model in float32: 4 × (quantizedParams + unquantizedParams). */
+  baseBytesFloat32: number;
+}
+
+/**
+ * Storage accounting of a model's weights (see {@link QuantizationReport}).
+ * @param opts.includeCodebooks count the per-tensor code tables in bitsPerParam / quantizedBytes.
+ */
+export function quantizationReport(model: CausalLM, opts: { includeCodebooks?: boolean } = {}): QuantizationReport {
+  let qParams = 0, qBits = 0, codebookBytes = 0, qLayers = 0;
+  let uParams = 0, uBytes = 0;
+  const types = new Set<QuantType4>(), sizes = new Set<number>(), dq = new Set<boolean>();
+  const seen = new Set<unknown>();
+  const addTensor = (data: Float32Array | Uint16Array): void => {
+    if (seen.has(data)) return;
+    seen.add(data);
+    uParams += data.length;
+    uBytes += data.byteLength;
+  };
+  const addWeight = (w: Weight): void => {
+    const d = w.data;
+    if (d.kind === 'q4') {
+      if (seen.has(d.q4)) return;
+      seen.add(d.q4);
+      const q = fromQ4Native(d.q4);
+      qLayers++;
+      qParams += q.numel;
+      qBits += Math.round(bitsPerParameter(q) * q.numel);
+      codebookBytes += 4 * 16 + (q.nested ? 4 * q.nested.code.length : 0);
+      types.add(q.quantType);
+      sizes.add(q.blocksize);
+      dq.add(q.nested !== undefined);
+    } else {
+      addTensor(d.kind === 'f32' ? d.tensor.data : d.bits);
+    }
+  };
+  const e = model.embedTokens;
+  addTensor(e.kind === 'f32' ? e.tensor.data : e.bits);
+  for (const l of model.layers) {
+    addTensor(l.inputLayernorm.data);
+    addTensor(l.postAttentionLayernorm.data);
+  }
+  addTensor(model.norm.data);
+  for (const m of [...decoderLinears(model), model.lmHead]) {
+    addWeight(m.weight);
+    if (m.bias) addTensor(m.bias.data);
+  }
+  const quantizedBytes = qBits / 8 + (opts.includeCodebooks ? codebookBytes : 0);
+  const one = <T>(s: Set<T>): T | null => (s.size === 1 ? [...s][0] : null);
+  return {
+    quantType: types.size === 0 ? null : types.size === 1 ? [...types][0] : 'mixed',
+    blocksize: one(sizes),
+    doubleQuant: one(dq),
+    quantizedLayers: qLayers,
+    quantizedParams: qParams,
+    bitsPerParam: qParams === 0 ? NaN : (quantizedBytes * 8) / qParams,
+    quantizedBytes,
+    codebookBytes,
+    float32BytesOfThoseLayers: 4 * qParams,
+    ratio: qParams === 0 ? NaN : quantizedBytes / (4 * qParams),
+    unquantizedParams: uParams,
+    unquantizedBytes: uBytes,
+    baseBytesTotal: quantizedBytes + uBytes,
+    baseBytesFloat32: 4 * (qParams + uParams),
+  };
+}
