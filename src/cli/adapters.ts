@@ -1,9 +1,11 @@
-/** Attaching an adapter directory to a loaded model for inference (filled in by the PEFT layer). */
+/** Loading an adapter directory named on the command line. */
 import type { SequenceSetup } from '../generate/generate.js';
-import type { Tokenizer } from '../io/tokenizer.js';
 import type { CausalLM } from '../models/llama.js';
-import { PeftError } from '../errors.js';
+import { attachAdapters } from '../peft/attach.js';
+import type { PeftModel } from '../peft/peft-model.js';
 
-export function attachAdapterForInference(_model: CausalLM, dir: string, _tok: Tokenizer): SequenceSetup {
-  throw new PeftError('adapters are not supported yet', { file: dir });
+/** Loads one adapter onto the model for generation or evaluation. */
+export function attachAdapterForInference(model: CausalLM, dir: string): SequenceSetup & { peft: PeftModel } {
+  const { peft, setup } = attachAdapters(model, [{ name: 'default', dir }]);
+  return { ...setup, peft };
 }

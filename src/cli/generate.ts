@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { generate } from '../generate/generate.js';
 import { loadTokenizer } from '../io/tokenizer.js';
-import { loadModel } from '../models/load.js';
+import { openModel } from './model.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { float, int, intList, withConfigFile } from './options.js';
 import { attachAdapterForInference } from './adapters.js';
@@ -28,8 +28,8 @@ export function generateCommand(): Command {
     };
     const dir = o.model ?? DEFAULT_MODEL;
     const tok = loadTokenizer(dir);
-    const model = loadModel(dir);
-    const setup = o.adapter ? attachAdapterForInference(model, o.adapter, tok) : {};
+    const model = openModel(dir, o.quantize);
+    const setup = o.adapter ? attachAdapterForInference(model, o.adapter) : {};
     const ids = tok.encode(o.prompt);
     let printed = tok.decode(ids);
     process.stdout.write(printed);

@@ -3,12 +3,20 @@ import { Command } from 'commander';
 import { PeftError } from '../errors.js';
 import { generateCommand } from './generate.js';
 import { quantizeCommand } from './quantize.js';
+import { trainCommand } from './train.js';
+import { evalCommand } from './eval.js';
+import { mergeCommand } from './merge.js';
+import { inspectCommand } from './inspect.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
     .description('parameter-efficient fine-tuning of causal language models (LoRA, QLoRA, adapters, prefix/prompt tuning, IA3)')
     .showHelpAfterError();
+  program.addCommand(trainCommand());
   program.addCommand(generateCommand());
+  program.addCommand(evalCommand());
+  program.addCommand(mergeCommand());
+  program.addCommand(inspectCommand());
   program.addCommand(quantizeCommand());
   return program;
 }

@@ -33,8 +33,10 @@ export interface BatchPrompt {
 
 /** Hooks PEFT methods use to set up a sequence (prefill prefix KV, choose positions). */
 export interface SequenceSetup {
-  prepareCache?: (cache: KVCache, adapter: string | null) => void;
-  positionOffset?: (adapter: string | null) => number;
+  prepareCache?: (cache: KVCache, adapter: string | null | undefined) => void;
+  positionOffset?: (adapter: string | null | undefined) => number;
+  /** Embeddings [P, hidden] fed before the prompt (prompt tuning), or null. */
+  promptEmbeddings?: (adapter: string | null | undefined) => Float32Array | null;
 }
 
 /** Generates a continuation of one prompt. */

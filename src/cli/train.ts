@@ -1,0 +1,96 @@
+/** `peft train`: fine-tune with LoRA, QLoRA or full fine-tuning on a data file. */
+import { Command } from 'commander';
+import { runTraining, METHODS, type MethodName, type TrainRunOptions } from '../train/run.js';
+import { float, int, list, withConfigFile } from './options.js';
+import { trainingProgress } from './progress.js';
+
+export function trainCommand(): Command {
+  const cmd = new Command('train')
+    .description('fine-tune a model on a data file (.txt, .jsonl text/alpaca/prompt-completion/chat, .json) and save the adapter')
+    .requiredOption('--data <file>', 'training data file')
+    .option('--model <dir>', 'Hugging Face model directory (default: the bundled stories260K)')
+    .option('--method <name>', `training method: ${METHODS.join(' | ')}`, 'lora')
+    .option('--output <dir>', 'where the adapter, metrics.jsonl, loss_curve.svg and checkpoints go', 'out/adapter')
+    .option('--r <n>', 'LoRA rank', int('--r', 1), 8)
+    .option('--lora-alpha <a>', 'LoRA alpha (scaling = alpha / r)', float('--lora-alpha', 0), 16)
+    .option('--lora-dropout <p>', 'dropout on the LoRA input while training', float('--lora-dropout', 0, 0.999), 0.05)
+    .option('--target-modules <list>', 'comma-separated module names, a regex, or all-linear', 'all-linear')
+    .option('--use-rslora', 'scale by alpha/sqrt(r) (rank-stabilised LoRA)')
+    .option('--modules-to-save <list>', 'modules trained in full and saved with the adapter (e.g. lm_head)', list)
+    .option('--quant-type <type>', 'QLoRA base quantization: nf4 | fp4', 'nf4')
+    .option('--max-steps <n>', 'optimizer steps', int('--max-steps', 1), 200)
+    .option('--batch-size <n>', 'rows per micro-batch', int('--batch-size', 1), 8)
+    .option('--grad-accum <n>', 'micro-batches per optimizer step', int('--grad-accum', 1), 1)
+    .option('--max-seq-length <n>', 'tokens per row', int('--max-seq-length', 2), 256)
+    .option('--no-pack', 'one example per row (padded) instead of packing short examples')
+    .option('--text-split <mode>', '.txt files: blocks | paragraphs', 'blocks')
+    .option('--lr <x>', 'peak learning rate', float('--lr', 0), 2e-3)
+    .option('--schedule <name>', 'constant | linear | cosine', 'cosine')
+    .option('--warmup-steps <n>', 'linear warmup steps', int('--warmup-steps'), 10)
+    .option('--weight-decay <x>', 'AdamW weight decay', float('--weight-decay', 0), 0)
+    .option('--max-grad-norm <x>', 'global gradient-norm clip (0 = off)', float('--max-grad-norm', 0), 1)
+    .option('--seed <s>', 'seed (initialisation, data order, dropout)', int('--seed'), 0)
+    .option('--val-data <file>', 'validation file (default: 5% of the training data)')
+    .option('--val-fraction <f>', 'fraction of the data held out for validation', float('--val-fraction', 0, 0.9))
+    .option('--eval-every <n>', 'evaluate every N steps (0 = start and end only)', int('--eval-every'), 50)
+    .option('--max-eval-examples <n>', 'score at most N validation examples per evaluation (0 = all)', int('--max-eval-examples'), 0)
+    .option('--checkpoint-every <n>', 'checkpoint every N steps (0 = none)', int('--checkpoint-every'), 0)
+    .option('--resume <dir>', 'resume from a checkpoint (or the output directory holding checkpoint-N)')
+    .option('--skip-bad-lines', 'skip malformed data lines (reporting the count) instead of stopping')
+    .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
+  cmd.action(async (raw: Record<string, unknown>) => {
+    const o = withConfigFile(cmd, raw) as Record<string, unknown>;
+    const targets = String(o.targetModules);
+    const opts: TrainRunOptions = {
+      data: o.data as string,
+      model: o.model as string | undefined,
+      method: o.method as MethodName,
+      output: o.output as string,
+      r: o.r as number,
+      loraAlpha: o.loraAlpha as number,
+      loraDropout: o.loraDropout as number,
+      targetModules: targets === 'all-linear' || !targets.includes(',') && /[\\^$*+?()[\]|]/.test(targets) ? targets : list(targets),
+      useRslora: Boolean(o.useRslora),
+      modulesToSave: o.modulesToSave as string[] | undefined,
+      quantType: o.quantType as 'nf4' | 'fp4',
+      maxSteps: o.maxSteps as number,
+      batchSize: o.batchSize as number,
+      gradAccum: o.gradAccum as number,
+      maxSeqLength: o.maxSeqLength as number,
+      pack: o.pack as boolean,
+      textSplit: o.textSplit as 'blocks' | 'paragraphs',
+      lr: o.lr as number,
+      schedule: o.schedule as 'constant' | 'linear' | 'cosine',
+      warmupSteps: o.warmupSteps as number,
+      weightDecay: o.weightDecay as number,
+      maxGradNorm: o.maxGradNorm as number,
+      seed: o.seed as number,
+      valData: o.valData as string | undefined,
+      valFraction: o.valFraction as number | undefined,
+      evalEvery: o.evalEvery as number,
+      maxEvalExamples: o.maxEvalExamples as number,
+      checkpointEvery: o.checkpointEvery as number,
+      resume: o.resume as string | undefined,
+      skipBadLines: Boolean(o.skipBadLines),
+    };
+    const bar = trainingProgress();
+    const r = await runTraining(opts, {
+      onStart: (i) => {
+        process.stdout.write(`${i.summary}\n`);
+        if (i.quant) process.stdout.write(`base quantized: ${i.quant.quantType}, ${i.quant.bitsPerParam.toFixed(4)} bits/param, ${(i.quant.baseBytesTotal / 2 ** 20).toFixed(2)} MiB base weights\n`);
+        process.stdout.write(`train examples: ${i.trainExamples}, validation examples: ${i.valExamples}\n`);
+        bar.start(i.maxSteps, opts.method ?? 'lora');
+      },
+      onStep: (m) => bar.step(m),
+      onEval: (step, loss) => bar.log(`step ${step}: validation loss ${loss.toFixed(4)}, perplexity ${Math.exp(loss).toFixed(3)}`),
+      onCheckpoint: (dir) => bar.log(`checkpoint: ${dir}`),
+    });
+    bar.stop();
+    const skipped = r.dataset.skippedBadLines;
+    if (skipped > 0) process.stdout.write(`skipped ${skipped} malformed line(s)\n`);
+    const last = r.result.steps[r.result.steps.length - 1];
+    process.stdout.write(`done: ${r.result.state.step} steps, final train loss ${last ? last.loss.toFixed(4) : '-'}, ${Math.round(last?.tokensPerSecond ?? 0)} tokens/s, peak RSS ${(r.peakRss / 2 ** 20).toFixed(0)} MiB\n`);
+    if (r.outputDir) process.stdout.write(`saved to ${r.outputDir} (metrics.jsonl, loss_curve.svg)\n`);
+  });
+  return cmd;
+}

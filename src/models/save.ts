@@ -1,0 +1,50 @@
+/**
+ * Writing a model as a Hugging Face directory (config.json, model.safetensors, tokenizer files),
+ * which transformers loads with `from_pretrained`: used for merged LoRA models and full
+ * fine-tuning results. Weights are written as float32 (bfloat16/4-bit storage is widened).
+ */
+import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { replaceDirAtomic, writeJsonAtomic } from '../io/atomic.js';
+import { writeSafetensorsFile, type TensorToWrite } from '../io/safetensors.js';
+import { weightToF32 } from '../tensor/index.js';
+import type { CausalLM, LinearModule } from './llama.js';
+
+const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model', 'generation_config.json', 'chat_template.jinja'];
+
+/** The model's tensors under their HF names, as float32. */
+export function modelTensors(model: CausalLM): TensorToWrite[] {
+  const out: TensorToWrite[] = [];
+  const e = model.embedTokens;
+  const embed = e.kind === 'f32' ? e.tensor.data : weightToF32({ rows: e.shape[0], cols: e.shape[1], data: { kind: 'bf16', bits: e.bits } });
+  out.push({ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [model.config.vocabSize, model.config.hiddenSize], data: embed });
+  const lin = (m: LinearModule): void => {
+    out.push({ name: `${m.name}.weight`, dtype: 'F32', shape: [m.outFeatures, m.inFeatures], data: weightToF32(m.weight) });
+    if (m.bias) out.push({ name: `${m.name}.bias`, dtype: 'F32', shape: [m.outFeatures], data: m.bias.data });
+  };
+  for (const l of model.layers) {
+    out.push({ name: `model.layers.${l.index}.input_layernorm.weight`, dtype: 'F32', shape: [model.config.hiddenSize], data: l.inputLayernorm.data });
+    out.push({ name: `model.layers.${l.index}.post_attention_layernorm.weight`, dtype: 'F32', shape: [model.config.hiddenSize], data: l.postAttentionLayernorm.data });
+    for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) lin(m);
+  }
+  out.push({ name: 'model.norm.weight', dtype: 'F32', shape: [model.config.hiddenSize], data: model.norm.data });
+  if (!model.config.tieWordEmbeddings) lin(model.lmHead);
+  return out;
+}
+
+/**
+ * Writes `dir` as a complete HF model directory (atomically: a temporary directory renamed into
+ * place). `configOverrides` are merged into config.json (e.g. removing quantization_config).
+ */
+export function saveModelDir(model: CausalLM, dir: string, configOverrides: Record<string, unknown> = {}): void {
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  const config: Record<string, unknown> = { ...model.config.raw, ...configOverrides, torch_dtype: 'float32', dtype: 'float32' };
+  delete config.quantization_config;
+  for (const [k, v] of Object.entries(configOverrides)) if (v === undefined) delete config[k];
+  writeJsonAtomic(join(tmp, 'config.json'), config);
+  writeSafetensorsFile(join(tmp, 'model.safetensors'), modelTensors(model), { format: 'pt' });
+  if (model.dir) for (const f of TOKENIZER_FILES) if (existsSync(join(model.dir, f))) copyFileSync(join(model.dir, f), join(tmp, f));
+  replaceDirAtomic(tmp, dir);
+}
