@@ -4,7 +4,7 @@
  * (`generateBatch`): their linear layers run as one batch each step, each with its own cache
  * (no padding), and each row may use a different adapter.
  */
-import { forwardCached, lmLogits, type CausalLM, type ForwardContext, defaultContext } from '../models/llama.js';
+import { cachedSeqRows, defaultContext, forwardCached, lmLogits, type CachedSeq, type CausalLM, type ForwardContext } from '../models/llama.js';
 import { noGrad, Tensor, withArena } from '../tensor/index.js';
 import { KVCache } from './kv-cache.js';
 import { checkSampling, makeRng, sampleToken, type SamplingOptions } from './sampling.js';
@@ -59,29 +59,39 @@ export function generateBatch(model: CausalLM, prompts: BatchPrompt[], opts: Gen
   const useRows = prompts.some((p) => p.adapter !== undefined);
   const states = prompts.map((p) => {
     if (p.ids.length === 0) throw new RangeError('prompt must have at least one token');
-    const adapter = p.adapter ?? null;
-    const cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, p.ids.length + maxNew + 1);
+    const adapter = p.adapter === undefined ? undefined : p.adapter;
+    const prefix = setup.promptEmbeddings?.(adapter) ?? null;
+    const prefixRows = prefix ? prefix.length / c.hiddenSize : 0;
+    const cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, p.ids.length + prefixRows + maxNew + 1);
     setup.prepareCache?.(cache, adapter);
     const offset = setup.positionOffset?.(adapter) ?? 0;
-    return { ids: [...p.ids], newIds: [] as number[], cache, adapter, offset, done: maxNew === 0, reason: 'length' as 'stop' | 'length', pending: p.ids };
+    return {
+      ids: [...p.ids], newIds: [] as number[], cache, adapter: adapter ?? null, offset, prefix,
+      done: maxNew === 0, reason: 'length' as 'stop' | 'length', pending: p.ids,
+    };
   });
   for (let step = 0; step <= maxNew; step++) {
     const active = states.filter((s) => !s.done);
     if (active.length === 0) break;
     const logits = noGrad(() => withArena(() => {
       const ctx: ForwardContext = defaultContext(false);
-      const seqs = active.map((s) => {
+      const seqs: CachedSeq[] = active.map((s) => {
         const n = s.pending.length;
         const start = s.ids.length - n;
-        const positions = Int32Array.from({ length: n }, (_, i) => s.offset + start + i);
-        return { ids: Int32Array.from(s.pending), positions, cache: s.cache };
+        const P = s.prefix ? s.prefix.length / c.hiddenSize : 0;
+        const positions = new Int32Array(P + n);
+        for (let j = 0; j < P; j++) positions[j] = s.offset - P + j;
+        for (let i = 0; i < n; i++) positions[P + i] = s.offset + start + i;
+        const seq: CachedSeq = { ids: Int32Array.from(s.pending), positions, cache: s.cache, prefixEmbeds: s.prefix };
+        s.prefix = null; // virtual tokens enter the cache once, at prefill
+        return seq;
       });
+      const counts = seqs.map((q) => cachedSeqRows(q, c.hiddenSize));
       if (useRows) {
         let r = 0;
         ctx.rowAdapters = active.map((s, i) => {
-          const n = seqs[i].ids.length;
-          const g = { start: r, end: r + n, adapter: s.adapter };
-          r += n;
+          const g = { start: r, end: r + counts[i], adapter: s.adapter };
+          r += counts[i];
           return g;
         });
       }
@@ -90,8 +100,8 @@ export function generateBatch(model: CausalLM, prompts: BatchPrompt[], opts: Gen
       const H = c.hiddenSize;
       const last = new Float32Array(active.length * H);
       let r = 0;
-      seqs.forEach((s, i) => {
-        r += s.ids.length;
+      counts.forEach((n, i) => {
+        r += n;
         last.set(hidden.data.subarray((r - 1) * H, r * H), i * H);
       });
       const lastT = new Tensor(last, [active.length, H]);

@@ -211,38 +211,63 @@ export function lmLoss(model: CausalLM, hidden: Tensor, labels: Int32Array, grad
 /** One sequence in a cached (ragged) forward: its new token ids and positions, and its cache. */
 export interface CachedSeq {
   ids: Int32Array;
+  /** Positions of the sequence's new rows: prefixEmbeds rows first (when given), then ids. */
   positions: Int32Array;
   cache: KVCache;
+  /** Embeddings [P, hidden] to feed before `ids` (prompt tuning's virtual tokens at prefill). */
+  prefixEmbeds?: Float32Array | null;
+}
+
+/** Rows a sequence contributes: its prefix embeddings (if any) plus its ids. */
+export function cachedSeqRows(s: CachedSeq, hidden: number): number {
+  return (s.prefixEmbeds ? s.prefixEmbeds.length / hidden : 0) + s.ids.length;
 }
 
 /**
  * Inference forward over several sequences with their own KV caches (no padding): hidden states
- * for all new tokens, rows concatenated in sequence order. Linear layers run on all rows at once
- * (one GEMM for the whole batch); attention runs per sequence against its cache.
- * Appends the new keys/values to each cache.
+ * for all new rows, concatenated in sequence order (each sequence's prefix-embedding rows, then
+ * its token rows). Linear layers run on all rows at once (one GEMM for the whole batch);
+ * attention runs per sequence against its cache. Appends the new keys/values to each cache.
  */
 export function forwardCached(model: CausalLM, seqs: CachedSeq[], ctx: ForwardContext = defaultContext()): Tensor {
   const c = model.config;
-  let total = 0;
-  for (const s of seqs) total += s.ids.length;
-  const ids = new Int32Array(total);
+  const H = c.hiddenSize;
+  const counts = seqs.map((s) => cachedSeqRows(s, H));
+  const total = counts.reduce((a, b) => a + b, 0);
+  const ids = new Int32Array(seqs.reduce((a, s) => a + s.ids.length, 0));
   const positions = new Int32Array(total);
   const starts: number[] = [];
-  let off = 0;
-  for (const s of seqs) {
+  let off = 0, idOff = 0;
+  seqs.forEach((s, i) => {
+    if (s.positions.length !== counts[i]) throw new Error(`forwardCached: sequence ${i} has ${counts[i]} rows but ${s.positions.length} positions`);
     starts.push(off);
-    ids.set(s.ids, off);
+    ids.set(s.ids, idOff);
     positions.set(s.positions, off);
-    off += s.ids.length;
+    off += counts[i];
+    idOff += s.ids.length;
+  });
+  const tokenEmbeds = embed(model, ids);
+  let x = tokenEmbeds;
+  if (seqs.some((s) => s.prefixEmbeds)) {
+    x = Tensor.empty([total, H]);
+    let r = 0, t = 0;
+    for (const s of seqs) {
+      if (s.prefixEmbeds) {
+        x.data.set(s.prefixEmbeds, r * H);
+        r += s.prefixEmbeds.length / H;
+      }
+      x.data.set(tokenEmbeds.data.subarray(t * H, (t + s.ids.length) * H), r * H);
+      r += s.ids.length;
+      t += s.ids.length;
+    }
   }
-  const x = embed(model, ids);
   const table = ropeTable(positions, model.invFreq, model.attentionScaling);
   const width = c.numKvHeads * c.headDim;
   const qWidth = c.numHeads * c.headDim;
   const hidden = decoder(model, x, table, ctx, (layer, q, k, v) => {
     const out = Tensor.empty([total, qWidth]);
     seqs.forEach((s, i) => {
-      const n = s.ids.length, r0 = starts[i];
+      const n = counts[i], r0 = starts[i];
       s.cache.write(layer.index, k.data.subarray(r0 * width, (r0 + n) * width), v.data.subarray(r0 * width, (r0 + n) * width), n);
       const Tk = s.cache.length + n;
       native.attentionForward({
@@ -254,10 +279,9 @@ export function forwardCached(model: CausalLM, seqs: CachedSeq[], ctx: ForwardCo
     });
     return out;
   });
-  for (const s of seqs) s.cache.advance(s.ids.length);
+  seqs.forEach((s, i) => s.cache.advance(counts[i]));
   return hidden;
 }
-
 /** Every float32 parameter tensor under its HF name (tied lm_head appears once, as the embedding). */
 export function namedParameters(model: CausalLM): Array<{ name: string; tensor: Tensor }> {
   const out: Array<{ name: string; tensor: Tensor }> = [];
