@@ -1,0 +1,285 @@
+/**
+ * (IA)³ (Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than
+ * In-Context Learning", §3.3): learned vectors that rescale activations elementwise. As in HF PEFT
+ * `peft/tuners/ia3/{config,layer,model}.py`:
+ * - an attention module (k_proj, v_proj by default) scales its OUTPUT: y = base(x) ⊙ l, with
+ *   l saved as `ia3_l` of shape [out, 1];
+ * - a feedforward module (down_proj by default) scales its INPUT: y = base(x ⊙ l), with l of
+ *   shape [1, in].
+ * Vectors start at ones (`init_ia3_weights`), so a fresh adapter leaves the model unchanged.
+ * Several active IA3 adapters multiply their scalings, as PEFT does.
+ */
+import { PeftError } from '../errors.js';
+import type { CausalLM, ForwardContext, LinearModule } from '../models/llama.js';
+import { linearModules } from '../models/llama.js';
+import { native } from '../native/index.js';
+import { f32Weight, mulFeatures, Tensor, weightToF32 } from '../tensor/index.js';
+import { ConfigReader } from './config.js';
+import { registerAdapterLoader, type TensorMap } from './format.js';
+import { isTargeted, moduleSuffixes } from './inject.js';
+import { peftKey } from './lora.js';
+import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
+
+/** IA3 settings with PEFT's IA3Config keys; defaults are PEFT's. */
+export interface Ia3Config {
+  peft_type: 'IA3';
+  task_type: 'CAUSAL_LM';
+  /** Module-name suffixes, a full-match regex or 'all-linear'; null = the model type's default. */
+  target_modules: string | string[] | null;
+  /** Which targets scale their input instead of their output; null = the model type's default. */
+  feedforward_modules: string | string[] | null;
+  exclude_modules: string | string[] | null;
+  /** true: vectors start at ones; false: N(0, 1) (PEFT's torch.randn; for tests). */
+  init_ia3_weights: boolean;
+  fan_in_fan_out: boolean;
+  modules_to_save: string[] | null;
+  base_model_name_or_path: string | null;
+  inference_mode: boolean;
+  revision: string | null;
+}
+
+/** PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING (the model families this project loads). */
+export const DEFAULT_IA3_TARGETS: Record<string, string[]> = {
+  llama: ['k_proj', 'v_proj', 'down_proj'],
+  mistral: ['k_proj', 'v_proj', 'down_proj'],
+  qwen2: ['q_proj', 'v_proj', 'down_proj'],
+};
+
+/** PEFT's TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING. */
+export const DEFAULT_IA3_FEEDFORWARD: Record<string, string[]> = {
+  llama: ['down_proj'],
+  mistral: ['down_proj'],
+  qwen2: ['down_proj'],
+};
+
+/** Validates an IA3 config (adapter_config.json or user options), filling PEFT's defaults. */
+export function parseIa3Config(raw: Record<string, unknown>, file = 'IA3 config'): Ia3Config {
+  const c = new ConfigReader(raw, file);
+  const cfg: Ia3Config = {
+    peft_type: 'IA3',
+    task_type: 'CAUSAL_LM',
+    target_modules: c.strOrList('target_modules'),
+    feedforward_modules: c.strOrList('feedforward_modules'),
+    exclude_modules: c.strOrList('exclude_modules'),
+    init_ia3_weights: c.bool('init_ia3_weights', true),
+    fan_in_fan_out: c.bool('fan_in_fan_out', false),
+    modules_to_save: c.strList('modules_to_save'),
+    base_model_name_or_path: c.strOrNull('base_model_name_or_path'),
+    inference_mode: c.bool('inference_mode', false),
+    revision: c.strOrNull('revision'),
+  };
+  if (cfg.fan_in_fan_out)
+    throw new PeftError('fan_in_fan_out is for GPT-2 style Conv1D layers, which this model family does not have', { file, field: 'fan_in_fan_out', expected: 'false', found: 'true' });
+  if (cfg.modules_to_save && cfg.modules_to_save.length > 0)
+    throw new PeftError('modules_to_save is not supported for IA3 adapters', { file, field: 'modules_to_save', expected: 'null', found: JSON.stringify(cfg.modules_to_save) });
+  const t = cfg.target_modules, ff = cfg.feedforward_modules;
+  if (Array.isArray(t) && Array.isArray(ff)) {
+    const missing = ff.filter((m) => !t.includes(m));
+    if (missing.length)
+      throw new PeftError('feedforward_modules must be a subset of target_modules', { file, field: 'feedforward_modules', expected: `names among ${JSON.stringify(t)}`, found: JSON.stringify(missing) });
+  }
+  return cfg;
+}
+
+/** The IA3 vector on one linear module. */
+export interface Ia3Layer {
+  module: LinearModule;
+  /** Scales the module's input (true) or its output (false). */
+  feedforward: boolean;
+  /** [1, in] when feedforward, else [out, 1]. */
+  vector: Tensor;
+  merged: boolean;
+}
+
+/** Deterministic N(0, 1) draws for init_ia3_weights = false. */
+function gaussianRng(seed: number): () => number {
+  let a = seed >>> 0;
+  const u = (): number => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return () => Math.sqrt(-2 * Math.log(Math.max(u(), 1e-12))) * Math.cos(2 * Math.PI * u());
+}
+
+export class Ia3Adapter implements AdapterMethod {
+  readonly peftType = 'IA3' as const;
+  readonly layers = new Map<string, Ia3Layer>();
+  /** The resolved target and feedforward lists (defaults applied), as written to adapter_config.json. */
+  readonly targetModules: string | string[];
+  readonly feedforwardModules: string | string[];
+
+  constructor(readonly model: CausalLM, readonly cfg: Ia3Config, seed = 0, file = 'IA3 config') {
+    const mt = model.config.modelType;
+    const targets = cfg.target_modules ?? DEFAULT_IA3_TARGETS[mt];
+    const ff = cfg.feedforward_modules ?? DEFAULT_IA3_FEEDFORWARD[mt];
+    if (!targets || !ff)
+      throw new PeftError(`no default IA3 modules for model_type ${JSON.stringify(mt)}; set target_modules and feedforward_modules`, {
+        file, field: targets ? 'feedforward_modules' : 'target_modules', expected: 'a list of module names', found: 'null',
+      });
+    const spec = { target_modules: targets, exclude_modules: cfg.exclude_modules };
+    const modules = linearModules(model).filter((m) => isTargeted(spec, m.name));
+    if (modules.length === 0)
+      throw new PeftError('target_modules matched no linear layer', {
+        file, field: 'target_modules', expected: `names such as ${moduleSuffixes(linearModules(model)).join(', ')}`, found: JSON.stringify(targets),
+      });
+    // PEFT saves 'all-linear' resolved to the full module paths
+    this.targetModules = typeof targets === 'string' && targets.toLowerCase() === 'all-linear' ? modules.map((m) => m.name) : targets;
+    this.feedforwardModules = ff;
+    const rnd = gaussianRng(seed);
+    for (const m of modules) {
+      // PEFT `_check_target_module_feedforward`: a regex must match the whole name; list entries are plain suffixes
+      const feedforward = typeof ff === 'string' ? new RegExp(`^(?:${ff})$`).test(m.name) : ff.some((k) => m.name.endsWith(k));
+      const n = feedforward ? m.inFeatures : m.outFeatures;
+      const data = new Float32Array(n);
+      if (cfg.init_ia3_weights) data.fill(1);
+      else for (let i = 0; i < n; i++) data[i] = rnd();
+      const vector = Tensor.param(data, feedforward ? [1, n] : [n, 1], false);
+      this.layers.set(m.name, { module: m, feedforward, vector, merged: false });
+    }
+  }
+
+  config(): Record<string, unknown> {
+    const c = this.cfg;
+    return {
+      auto_mapping: null,
+      base_model_name_or_path: c.base_model_name_or_path,
+      exclude_modules: c.exclude_modules,
+      fan_in_fan_out: false,
+      feedforward_modules: this.feedforwardModules,
+      inference_mode: true,
+      init_ia3_weights: c.init_ia3_weights,
+      modules_to_save: null,
+      peft_type: 'IA3',
+      revision: c.revision,
+      target_modules: this.targetModules,
+      task_type: 'CAUSAL_LM',
+    };
+  }
+
+  stateDict(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    for (const [name, l] of this.layers) out.set(`${peftKey(name)}.ia3_l`, l.vector);
+    return out;
+  }
+
+  trainableParameters(): NamedTensor[] {
+    return [...this.stateDict()].map(([name, tensor]) => ({ name, tensor }));
+  }
+
+  numParameters(): number {
+    let n = 0;
+    for (const l of this.layers.values()) n += l.vector.size;
+    return n;
+  }
+
+  linearTargets(): Set<string> {
+    return new Set(this.layers.keys());
+  }
+
+  linearPre(m: LinearModule, x: Tensor, _ctx: ForwardContext, rows?: RowRange): Tensor {
+    const l = this.layers.get(m.name);
+    if (!l || !l.feedforward || l.merged) return x;
+    if (!rows) return mulFeatures(x, l.vector);
+    // inference on a row range: the input may be shared with other modules (e.g. q/k/v read the
+    // same normed hidden state), so scale a copy rather than x itself
+    const y = Tensor.empty([...x.shape]);
+    y.data.set(x.data);
+    scaleRows(y, l.vector.data, rows);
+    return y;
+  }
+
+  linearPost(m: LinearModule, _x: Tensor, y: Tensor, _ctx: ForwardContext, rows?: RowRange): Tensor {
+    const l = this.layers.get(m.name);
+    if (!l || l.feedforward || l.merged) return y;
+    if (!rows) return mulFeatures(y, l.vector);
+    scaleRows(y, l.vector.data, rows); // y is this module's fresh output: in place
+    return y;
+  }
+
+  /**
+   * Folds the vectors into the weights: W[:, j] *= l[j] (feedforward) or W[i, :] *= l[i] and
+   * bias[i] *= l[i] (outputs). float32 or bfloat16 bases (bf16 is widened to float32).
+   */
+  merge(): void {
+    for (const l of this.layers.values()) {
+      if (l.merged) continue;
+      applyScaling(l, false);
+      l.merged = true;
+    }
+  }
+
+  /** Divides the vectors back out (PEFT divides by l + 1e-8). */
+  unmerge(): void {
+    for (const l of this.layers.values()) {
+      if (!l.merged) continue;
+      applyScaling(l, true);
+      l.merged = false;
+    }
+  }
+}
+
+/** t[rows, :] *= v (in place, no autograd). */
+function scaleRows(t: Tensor, v: Float32Array, rows: RowRange): void {
+  const D = t.cols;
+  const n = rows.end - rows.start;
+  if (n <= 0) return;
+  const r = t.data.subarray(rows.start * D, rows.end * D);
+  native.mulRow(r, v, r, n, D, false);
+}
+
+function applyScaling(l: Ia3Layer, inverse: boolean): void {
+  const m = l.module;
+  const d = m.weight.data;
+  if (d.kind === 'q4')
+    throw new PeftError('cannot merge IA3 into a 4-bit weight in place; use `peft merge`, which dequantizes and writes a float32 model', { field: m.name });
+  if (d.kind === 'bf16') m.weight = f32Weight(Tensor.param(weightToF32(m.weight), [m.outFeatures, m.inFeatures], false));
+  const w = (m.weight.data as { kind: 'f32'; tensor: Tensor }).tensor.data;
+  const s = l.vector.data;
+  const f = (i: number): number => (inverse ? 1 / (s[i] + 1e-8) : s[i]);
+  const I = m.inFeatures, O = m.outFeatures;
+  if (l.feedforward) {
+    for (let o = 0; o < O; o++) for (let i = 0; i < I; i++) w[o * I + i] *= f(i);
+  } else {
+    for (let o = 0; o < O; o++) {
+      const k = f(o);
+      for (let i = 0; i < I; i++) w[o * I + i] *= k;
+    }
+    if (m.bias) for (let o = 0; o < O; o++) m.bias.data[o] *= f(o);
+  }
+}
+
+/**
+ * Copies saved tensors into an adapter's state dict: missing or unexpected tensors are reported by
+ * name with the file; a shape mismatch names the tensor and both shapes.
+ */
+export function loadStateDict(expected: Map<string, Tensor>, tensors: TensorMap, file: string): void {
+  const missing = [...expected.keys()].filter((k) => !tensors.has(k));
+  const unexpected = [...tensors.keys()].filter((k) => !expected.has(k));
+  if (missing.length > 0 || unexpected.length > 0) {
+    const parts: string[] = [];
+    const list = (a: string[]): string => `${a.slice(0, 8).join(', ')}${a.length > 8 ? ` … (${a.length})` : ''}`;
+    if (missing.length) parts.push(`missing: ${list(missing)}`);
+    if (unexpected.length) parts.push(`unexpected: ${list(unexpected)}`);
+    throw new PeftError(`adapter tensors do not match the config and base model (${parts.join('; ')})`, { file, field: (missing[0] ?? unexpected[0]) });
+  }
+  for (const [key, t] of expected) {
+    const src = tensors.get(key)!;
+    if (src.shape.length !== t.shape.length || src.shape.some((d, i) => d !== t.shape[i]))
+      throw new PeftError('adapter tensor shape does not match the base model and config', { file, field: key, expected: `[${t.shape}]`, found: `[${src.shape}]` });
+    t.data.set(src.data);
+  }
+}
+
+/** Creates an IA3 adapter from options with PEFT's IA3Config keys (vectors start at ones by default). */
+export function createIa3Adapter(model: CausalLM, options: Partial<Ia3Config> & Record<string, unknown> = {}, seed = 0): Ia3Adapter {
+  return new Ia3Adapter(model, parseIa3Config(options, 'IA3 options'), seed, 'IA3 options');
+}
+
+registerAdapterLoader('IA3', (model, raw, tensors, files) => {
+  const a = new Ia3Adapter(model, parseIa3Config(raw, files.config), 0, files.config);
+  loadStateDict(a.stateDict(), tensors, files.tensors);
+  return a;
+});
