@@ -592,23 +592,20 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
 }
 Napi::Value DropoutForward(const Napi::CallbackInfo& info) {
   F32 x = f32(info[0], "x"), o = f32(info[1], "out");
-  U8 keep = u8(info[2], "keep");
-  float p = number(info[3], "p");
-  int64_t seed = integer(info[4], "seed");
+  float p = number(info[2], "p");
+  int64_t seed = integer(info[3], "seed");
   need(info.Env(), o.n, x.n, "out");
-  need(info.Env(), keep.n, x.n, "keep");
   if (!(p >= 0.f && p < 1.f)) range_error(info.Env(), "p must be in [0, 1)");
-  peft::dropout_forward(x.p, o.p, keep.p, x.n, p, static_cast<uint64_t>(seed));
+  peft::dropout_forward(x.p, o.p, x.n, p, static_cast<uint64_t>(seed));
   return info.Env().Undefined();
 }
 Napi::Value DropoutBackward(const Napi::CallbackInfo& info) {
-  F32 dy = f32(info[0], "dy");
-  U8 keep = u8(info[1], "keep");
-  F32 dx = f32(info[2], "dx");
-  float p = number(info[3], "p");
-  need(info.Env(), keep.n, dy.n, "keep");
+  F32 dy = f32(info[0], "dy"), dx = f32(info[1], "dx");
+  float p = number(info[2], "p");
+  int64_t seed = integer(info[3], "seed");
   need(info.Env(), dx.n, dy.n, "dx");
-  peft::dropout_backward(dy.p, keep.p, dx.p, dy.n, p);
+  if (!(p >= 0.f && p < 1.f)) range_error(info.Env(), "p must be in [0, 1)");
+  peft::dropout_backward(dy.p, dx.p, dy.n, p, static_cast<uint64_t>(seed));
   return info.Env().Undefined();
 }
 

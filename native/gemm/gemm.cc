@@ -14,9 +14,13 @@ namespace {
 
 constexpr int MR = GEMM_MR;
 constexpr int NR = GEMM_NR;
-constexpr int64_t KC_MAX = 256;   // kc x NR panel of B (16 KiB) stays in L1
-constexpr int64_t MC_MAX = 144;   // MC x KC block of A (144 KiB) stays in L2
-constexpr int64_t NC_MAX = 3072;  // KC x NC panel of B (3 MiB) stays in L3
+static int64_t env_or(const char* name, int64_t d) {
+  const char* v = std::getenv(name);
+  return v ? std::atol(v) : d;
+}
+static const int64_t KC_MAX = env_or("PEFT_KC", 256);   // kc x NR panel of B (16 KiB) stays in L1
+static const int64_t MC_MAX = env_or("PEFT_MC", 144);   // MC x KC block of A (144 KiB) stays in L2
+static const int64_t NC_MAX = env_or("PEFT_NC", 3072);  // KC x NC panel of B (3 MiB) stays in L3
 
 MicroKernel pick_kernel() {
 #if defined(__x86_64__) || defined(__i386__)

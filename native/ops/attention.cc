@@ -10,6 +10,7 @@
 #include "../gemm/gemm.h"
 #include "../threadpool.h"
 #include "ops.h"
+#include "rowops_api.h"
 
 namespace peft {
 namespace {
@@ -42,7 +43,7 @@ void block_scores(const AttentionShape& s, const float* q, const float* k, int64
     }
     if (s.key_mask) {
       const uint8_t* km = s.key_mask + b * s.Tk;
-      for (int64_t j = 0; j < kend; ++j) if (!km[j]) Sr[j] = kNegInf;
+      for (int64_t j = 0; j < kend; ++j) Sr[j] = km[j] ? Sr[j] : kNegInf;
     }
     if (s.q_seg) {
       int32_t sq = s.q_seg[b * s.Tq + i];
@@ -75,6 +76,7 @@ void run_tasks(int64_t n, F task) {
 void attention_forward(const AttentionShape& s, const float* q, const float* k, const float* v, float* out,
                        float* lse) {
   const int64_t G = s.Hq / s.Hkv;
+  const RowOps& ro = row_ops();
   run_tasks(s.B * s.Hq, [&](int64_t task) {
     int64_t b = task / s.Hq, h = task % s.Hq, kvh = h / G;
     for (int64_t i0 = 0; i0 < s.Tq; i0 += QB) {
@@ -93,22 +95,15 @@ void attention_forward(const AttentionShape& s, const float* q, const float* k, 
       block_scores(s, q, k, b, h, kvh, i0, rows, kend, S);
       for (int64_t r = 0; r < rows; ++r) {
         float* Sr = S + r * kend;
-        float mx = kNegInf;
-        for (int64_t j = 0; j < kend; ++j) mx = Sr[j] > mx ? Sr[j] : mx;
+        float mx = ro.max(Sr, kend);
         float l;
         if (mx == kNegInf) {  // no visible key: zero output
           for (int64_t j = 0; j < kend; ++j) Sr[j] = 0.f;
           l = kNegInf;
         } else {
-          double sum = 0;
-          for (int64_t j = 0; j < kend; ++j) {
-            float e = std::exp(Sr[j] - mx);
-            Sr[j] = e;
-            sum += e;
-          }
-          float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j < kend; ++j) Sr[j] *= inv;
-          l = mx + static_cast<float>(std::log(sum));
+          float sum = ro.exp_sub_sum(Sr, kend, mx);
+          ro.scale(Sr, kend, 1.0f / sum);
+          l = mx + std::log(sum);
         }
         if (lse) lse[(b * s.Hq + h) * s.Tq + i0 + r] = l;
       }
@@ -122,6 +117,7 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
                         const float* out, const float* lse, const float* dout, float* dq, float* dk,
                         float* dv) {
   const int64_t G = s.Hq / s.Hkv;
+  const RowOps& ro = row_ops();
   // one task per (batch, kv head): it owns dk/dv of that head and dq of its query heads
   run_tasks(s.B * s.Hkv, [&](int64_t task) {
     int64_t b = task / s.Hkv, kvh = task % s.Hkv;
@@ -147,7 +143,7 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
           if (l == kNegInf) {
             for (int64_t j = 0; j < kend; ++j) Pr[j] = 0.f;
           } else {
-            for (int64_t j = 0; j < kend; ++j) Pr[j] = std::exp(Pr[j] - l);
+            ro.exp_sub_sum(Pr, kend, l);
           }
         }
         const float* qa = q + (b * s.Tq + i0) * s.q_stride + h * s.D;

@@ -91,22 +91,24 @@ double sum_squares(const float* x, int64_t n) {
   for (double p : part) total += p;
   return total;
 }
-void dropout_forward(const float* x, float* out, uint8_t* keep, int64_t n, float p, uint64_t seed) {
+// keep decision of element i: a counter-based hash of (seed, i), so backward regenerates the mask
+static inline bool dropout_keep(uint64_t base, int64_t i, float p) {
+  float u = static_cast<float>(splitmix64(base + static_cast<uint64_t>(i)) >> 40) * (1.0f / 16777216.0f);
+  return u >= p;
+}
+
+void dropout_forward(const float* x, float* out, int64_t n, float p, uint64_t seed) {
   const float inv = p < 1.f ? 1.f / (1.f - p) : 0.f;
   const uint64_t base = splitmix64(seed);
   parallel_for(n, kGrain, [&](long s, long e) {
-    for (long i = s; i < e; ++i) {
-      float u = static_cast<float>(splitmix64(base + static_cast<uint64_t>(i)) >> 40) * (1.0f / 16777216.0f);
-      uint8_t k = u >= p ? 1 : 0;
-      keep[i] = k;
-      out[i] = k ? x[i] * inv : 0.f;
-    }
+    for (long i = s; i < e; ++i) out[i] = dropout_keep(base, i, p) ? x[i] * inv : 0.f;
   });
 }
-void dropout_backward(const float* dy, const uint8_t* keep, float* dx, int64_t n, float p) {
+void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed) {
   const float inv = p < 1.f ? 1.f / (1.f - p) : 0.f;
+  const uint64_t base = splitmix64(seed);
   parallel_for(n, kGrain, [&](long s, long e) {
-    for (long i = s; i < e; ++i) if (keep[i]) dx[i] += dy[i] * inv;
+    for (long i = s; i < e; ++i) if (dropout_keep(base, i, p)) dx[i] += dy[i] * inv;
   });
 }
 

@@ -6,6 +6,7 @@
 
 #include "../threadpool.h"
 #include "ops.h"
+#include "rowops_api.h"
 
 namespace peft {
 
@@ -21,6 +22,7 @@ double cross_entropy(const float* logits, const int32_t* labels, int64_t N, int6
   }
   int nt = num_threads();
   if (N * V < 65536) nt = 1;
+  const RowOps& ro = row_ops();
   std::vector<double> part(nt, 0.0);
   std::vector<int64_t> cnt(nt, 0);
   parallel_run(nt, [&](int tid, int k) {
@@ -37,16 +39,13 @@ double cross_entropy(const float* logits, const int32_t* labels, int64_t N, int6
         if (dx) std::memset(dx, 0, sizeof(float) * V);
         continue;
       }
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < V; ++j) mx = x[j] > mx ? x[j] : mx;
-      double se = 0;
-      for (int64_t j = 0; j < V; ++j) se += std::exp(static_cast<double>(x[j] - mx));
+      float mx = ro.max(x, V);
+      double se = ro.sum_exp_sub(x, V, mx);
       double lse = mx + std::log(se);
       acc += lse - x[y];
       ++c;
       if (dx) {
-        float l = static_cast<float>(lse);
-        for (int64_t j = 0; j < V; ++j) dx[j] = std::exp(x[j] - l) * grad_scale;
+        ro.exp_scale(x, dx, V, static_cast<float>(lse), grad_scale);
         dx[y] -= grad_scale;
       }
     }

@@ -101,9 +101,10 @@ void add_row(float* x, const float* b, int64_t rows, int64_t D);
 // out[d] += sum_r a[r, d] * (b ? b[r, d] : 1)
 void sum_rows(const float* a, const float* b, float* out, int64_t rows, int64_t D);
 double sum_squares(const float* x, int64_t n);
-// Inverted dropout with a counter-based RNG: keep[i] = hash(seed, i) >= p; out = keep ? x/(1-p) : 0.
-void dropout_forward(const float* x, float* out, uint8_t* keep, int64_t n, float p, uint64_t seed);
-// dx += keep ? dy/(1-p) : 0
-void dropout_backward(const float* dy, const uint8_t* keep, float* dx, int64_t n, float p);
+// Inverted dropout (Srivastava et al. 2014) with a counter-based RNG: element i is kept when
+// hash(seed, i) >= p; out = keep ? x/(1-p) : 0. The mask is never stored: backward regenerates it.
+void dropout_forward(const float* x, float* out, int64_t n, float p, uint64_t seed);
+// dx += keep ? dy/(1-p) : 0 (same seed as the forward call)
+void dropout_backward(const float* dy, float* dx, int64_t n, float p, uint64_t seed);
 
 }  // namespace peft

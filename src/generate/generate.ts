@@ -62,9 +62,9 @@ export function generateBatch(model: CausalLM, prompts: BatchPrompt[], opts: Gen
     const adapter = p.adapter === undefined ? undefined : p.adapter;
     const prefix = setup.promptEmbeddings?.(adapter) ?? null;
     const prefixRows = prefix ? prefix.length / c.hiddenSize : 0;
-    const cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, p.ids.length + prefixRows + maxNew + 1);
-    setup.prepareCache?.(cache, adapter);
     const offset = setup.positionOffset?.(adapter) ?? 0;
+    const cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, offset + p.ids.length + prefixRows + maxNew + 1);
+    setup.prepareCache?.(cache, adapter);
     return {
       ids: [...p.ids], newIds: [] as number[], cache, adapter: adapter ?? null, offset, prefix,
       done: maxNew === 0, reason: 'length' as 'stop' | 'length', pending: p.ids,

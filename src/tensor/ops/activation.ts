@@ -28,7 +28,7 @@ export function swiglu(g: Tensor, u: Tensor): Tensor {
 export function dropout(x: Tensor, p: number, seed: number): Tensor {
   if (p <= 0) return x;
   const y = Tensor.empty(x.shape);
-  const keep = new Uint8Array(x.size);
-  native.dropoutForward(x.data, y.data, keep, p, seed);
-  return record(y, [x], (gy) => native.dropoutBackward(gy, keep, gradOf(x), p));
+  const s = seed >>> 0;
+  native.dropoutForward(x.data, y.data, p, s);
+  return record(y, [x], (gy) => native.dropoutBackward(gy, gradOf(x), p, s));
 }
