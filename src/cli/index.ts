@@ -7,6 +7,7 @@ import { trainCommand } from './train.js';
 import { evalCommand } from './eval.js';
 import { mergeCommand } from './merge.js';
 import { inspectCommand } from './inspect.js';
+import { combineCommand } from './combine.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
   program.addCommand(mergeCommand());
   program.addCommand(inspectCommand());
   program.addCommand(quantizeCommand());
+  program.addCommand(combineCommand());
   return program;
 }
 
