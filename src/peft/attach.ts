@@ -6,10 +6,6 @@
 import type { SequenceSetup } from '../generate/generate.js';
 import type { CausalLM } from '../models/llama.js';
 import { loadAdapter } from './format.js';
-// method modules register their adapter loaders when imported
-import './ia3.js';
-import './prefix.js';
-import './prompt.js';
 import { PeftModel } from './peft-model.js';
 
 /** The generation setup for adapters of a PeftModel (by name; null = base model). */

@@ -21,7 +21,7 @@ import type { CausalLM, DecoderLayer, ForwardContext } from '../models/llama.js'
 import { Act, native } from '../native/index.js';
 import { activation, add, allocF32, f32Weight, linear, Tensor } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
-import { registerAdapterLoader, type TensorMap } from './format.js';
+import { registerAdapterLoader, type TensorMap } from './registry.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 
 export type BottleneckPlacement = 'houlsby' | 'pfeiffer';

@@ -8,36 +8,16 @@ import { join } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
 import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from '../io/safetensors.js';
-import type { CausalLM } from '../models/llama.js';
-import { readAdapterConfig, parseLoraConfig, type PeftType } from './config.js';
-import { LoraAdapter, loadLoraTensors } from './lora.js';
+import { readAdapterConfig } from './config.js';
+import { adapterLoader, type TensorMap } from './registry.js';
+// every method module registers its loader when imported
+import './lora.js';
+import './ia3.js';
+import './prefix.js';
+import './prompt.js';
+import './bottleneck.js';
 import type { PeftModel } from './peft-model.js';
 import type { AdapterMethod } from './types.js';
-
-export type TensorMap = Map<string, { data: Float32Array; shape: number[] }>;
-
-/** Builds an adapter of a given type from a parsed config and its saved tensors. */
-export type AdapterLoader = (model: CausalLM, raw: Record<string, unknown>, tensors: TensorMap, files: AdapterFiles) => AdapterMethod;
-
-/** The two files of an adapter directory, for error messages. */
-export interface AdapterFiles {
-  config: string;
-  tensors: string;
-}
-
-const loaders = new Map<PeftType, AdapterLoader>();
-
-/** Registers the loader of a PEFT method (each method module calls this for its peft_type). */
-export function registerAdapterLoader(type: PeftType, loader: AdapterLoader): void {
-  loaders.set(type, loader);
-}
-
-registerAdapterLoader('LORA', (model, raw, tensors, files) => {
-  const cfg = parseLoraConfig(raw, files.config);
-  const a = new LoraAdapter(model, cfg);
-  loadLoraTensors(a, tensors, files.tensors);
-  return a;
-});
 
 /**
  * Reads an adapter's tensors: keys with PEFT's `.default` adapter infix (as in `state_dict()`
@@ -60,7 +40,7 @@ export function readAdapterTensors(dir: string): { tensors: TensorMap; file: str
 /** Loads an adapter directory into the PeftModel under `name` (and activates it unless told not to). */
 export function loadAdapter(peft: PeftModel, dir: string, name = 'default', activate = true): AdapterMethod {
   const { raw, peftType, file: cfgFile } = readAdapterConfig(dir);
-  const loader = loaders.get(peftType);
+  const loader = adapterLoader(peftType);
   if (!loader) throw new PeftError('this peft_type cannot be loaded', { file: cfgFile, field: 'peft_type', found: peftType });
   const { tensors, file } = readAdapterTensors(dir);
   const adapter = loader(peft.model, raw, tensors, { config: cfgFile, tensors: file });

@@ -15,7 +15,7 @@ import { linearModules } from '../models/llama.js';
 import { native } from '../native/index.js';
 import { f32Weight, mulFeatures, Tensor, weightToF32 } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
-import { registerAdapterLoader, type TensorMap } from './format.js';
+import { registerAdapterLoader, type TensorMap } from './registry.js';
 import { isTargeted, moduleSuffixes } from './inject.js';
 import { peftKey } from './lora.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';

@@ -3,7 +3,10 @@ export * from './config.js';
 export { isTargeted, targetedLinears } from './inject.js';
 export { LoraAdapter, loraDelta, peftKey, type LoraLayer } from './lora.js';
 export { formatTrainableSummary, PeftModel, type Composition } from './peft-model.js';
-export { loadAdapter, readAdapterTensors, registerAdapterLoader, saveAdapter } from './format.js';
+export { loadAdapter, readAdapterTensors, saveAdapter } from './format.js';
+export { adapterLoader, registerAdapterLoader, type AdapterFiles, type AdapterLoader, type TensorMap } from './registry.js';
+export { attachAdapters, sequenceSetup } from './attach.js';
+export { dequantizeModel, mergeAdapter, type MergeResult } from './merge.js';
 export type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 export {
   BOTTLENECK_ACTIVATIONS, BOTTLENECK_DEFAULTS, BottleneckAdapter, bottleneckKey, createBottleneckAdapter, loadBottleneckTensors,

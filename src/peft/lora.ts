@@ -7,16 +7,16 @@
  * lora_bias (a bias on B, scaled with it), bias = none | all | lora_only, modules_to_save.
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM, ForwardContext, LinearModule } from '../models/llama.js';
+import type { Batch, CausalLM, ForwardContext, LinearModule } from '../models/llama.js';
 import { linearModules } from '../models/llama.js';
 import { native } from '../native/index.js';
 import {
   allocF32, dropout, embedding, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32,
 } from '../tensor/index.js';
-import type { Batch } from '../models/llama.js';
-import { DEFAULT_LORA_TARGETS, type LoraConfig } from './config.js';
+import { DEFAULT_LORA_TARGETS, parseLoraConfig, type LoraConfig } from './config.js';
 import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
+import { registerAdapterLoader, type TensorMap } from './registry.js';
 
 /** The LoRA branch on one linear module. */
 export interface LoraLayer {
@@ -298,7 +298,7 @@ function addScaledBias(y: Tensor, b: Tensor, s: number): Tensor {
  * created from the same config. Missing or unexpected tensors are reported by name; a shape
  * mismatch names the tensor and both shapes.
  */
-export function loadLoraTensors(a: LoraAdapter, tensors: Map<string, { data: Float32Array; shape: number[] }>, file: string): void {
+export function loadLoraTensors(a: LoraAdapter, tensors: TensorMap, file: string): void {
   const expected = a.stateDict();
   const missing = [...expected.keys()].filter((k) => !tensors.has(k));
   const unexpected = [...tensors.keys()].filter((k) => !expected.has(k));
@@ -316,3 +316,10 @@ export function loadLoraTensors(a: LoraAdapter, tensors: Map<string, { data: Flo
     t.data.set(src.data);
   }
 }
+
+registerAdapterLoader('LORA', (model, raw, tensors, files) => {
+  const cfg = parseLoraConfig(raw, files.config);
+  const a = new LoraAdapter(model, cfg);
+  loadLoraTensors(a, tensors, files.tensors);
+  return a;
+});

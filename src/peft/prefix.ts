@@ -21,7 +21,7 @@ import type { Batch, CausalLM, DecoderLayer, ForwardContext } from '../models/ll
 import { defaultPositions } from '../models/llama.js';
 import { f32Weight, gradOf, linear, noGrad, record, repeatBatch, Tensor, withArena } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
-import { registerAdapterLoader, type TensorMap } from './format.js';
+import { registerAdapterLoader, type TensorMap } from './registry.js';
 import type { AdapterMethod, NamedTensor } from './types.js';
 
 /** Prefix-tuning settings with PEFT's PrefixTuningConfig keys (adapter_config.json). */

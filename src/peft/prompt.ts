@@ -19,7 +19,7 @@ import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import type { Batch, CausalLM, ForwardContext } from '../models/llama.js';
 import { concatSeq, repeatBatch, Tensor, weightToF32 } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
-import { registerAdapterLoader } from './format.js';
+import { registerAdapterLoader } from './registry.js';
 import { fillNormal, requiredVirtualTokens, takePromptTensor } from './prefix.js';
 import type { AdapterMethod, NamedTensor } from './types.js';
 
