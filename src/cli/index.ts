@@ -7,6 +7,7 @@ import { trainCommand } from './train.js';
 import { evalCommand } from './eval.js';
 import { mergeCommand } from './merge.js';
 import { inspectCommand } from './inspect.js';
+import { serveCommand } from './serve.js';
 import { combineCommand } from './combine.js';
 
 export function buildProgram(): Command {
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   program.addCommand(mergeCommand());
   program.addCommand(inspectCommand());
   program.addCommand(quantizeCommand());
+  program.addCommand(serveCommand());
   program.addCommand(combineCommand());
   return program;
 }

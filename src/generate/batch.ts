@@ -101,6 +101,19 @@ interface Seq {
   emitted: number;
 }
 
+type RowGroup = { start: number; end: number; adapter: string | null };
+
+/** Joins adjacent row ranges that use the same adapter. */
+function mergeRanges(groups: RowGroup[]): RowGroup[] {
+  const out: RowGroup[] = [];
+  for (const g of groups) {
+    const last = out[out.length - 1];
+    if (last && last.adapter === g.adapter && last.end === g.start) last.end = g.end;
+    else out.push({ ...g });
+  }
+  return out;
+}
+
 /** Longest stop-string length, for bounded searches. */
 function maxLen(xs: string[]): number {
   return xs.reduce((m, s) => Math.max(m, s.length), 0);
@@ -213,7 +226,9 @@ export class BatchDecoder {
    */
   step(): { events: DecodeEvent[]; stats: StepStats | null } {
     this.admit();
-    const batch = this.active.slice();
+    // rows of the same adapter side by side: one row range (two small GEMMs per LoRA module) per adapter
+    const key = (s: Seq): string => (s.adapter === null ? '' : `~${s.adapter}`);
+    const batch = this.active.slice().sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
     if (batch.length === 0) return { events: [], stats: null };
     const t0 = performance.now();
     const c = this.model.config;
@@ -236,11 +251,11 @@ export class BatchDecoder {
     const logits = noGrad(() => withArena(() => {
       const ctx: ForwardContext = defaultContext(false);
       let r = 0;
-      ctx.rowAdapters = batch.map((s, i) => {
+      ctx.rowAdapters = mergeRanges(batch.map((s, i) => {
         const g = { start: r, end: r + counts[i], adapter: s.adapter };
         r += counts[i];
         return g;
-      });
+      }));
       const hidden = forwardCached(this.model, seqs, ctx);
       const last = new Float32Array(batch.length * H);
       r = 0;
@@ -248,7 +263,7 @@ export class BatchDecoder {
         r += n;
         last.set(hidden.data.subarray((r - 1) * H, r * H), i * H);
       });
-      ctx.rowAdapters = batch.map((s, i) => ({ start: i, end: i + 1, adapter: s.adapter }));
+      ctx.rowAdapters = mergeRanges(batch.map((s, i) => ({ start: i, end: i + 1, adapter: s.adapter })));
       return lmLogits(this.model, new Tensor(last, [batch.length, H]), ctx).data.slice();
     }));
     this.steps++;
