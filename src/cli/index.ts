@@ -8,6 +8,7 @@ import { evalCommand } from './eval.js';
 import { mergeCommand } from './merge.js';
 import { inspectCommand } from './inspect.js';
 import { serveCommand } from './serve.js';
+import { exportCommand } from './export.js';
 import { combineCommand } from './combine.js';
 
 export function buildProgram(): Command {
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   program.addCommand(evalCommand());
   program.addCommand(mergeCommand());
   program.addCommand(inspectCommand());
+  program.addCommand(exportCommand());
   program.addCommand(quantizeCommand());
   program.addCommand(serveCommand());
   program.addCommand(combineCommand());
