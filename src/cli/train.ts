@@ -14,17 +14,27 @@ export function trainCommand(): Command {
     .option('--r <n>', 'LoRA rank', int('--r', 1), 8)
     .option('--lora-alpha <a>', 'LoRA alpha (scaling = alpha / r)', float('--lora-alpha', 0), 16)
     .option('--lora-dropout <p>', 'dropout on the LoRA input while training', float('--lora-dropout', 0, 0.999), 0.05)
-    .option('--target-modules <list>', 'comma-separated module names, a regex, or all-linear', 'all-linear')
+    .option('--target-modules <list>', 'comma-separated module names, a regex, or all-linear (LoRA default: all-linear; IA3 default: the model type\'s)')
     .option('--use-rslora', 'scale by alpha/sqrt(r) (rank-stabilised LoRA)')
     .option('--modules-to-save <list>', 'modules trained in full and saved with the adapter (e.g. lm_head)', list)
     .option('--quant-type <type>', 'QLoRA base quantization: nf4 | fp4', 'nf4')
+    .option('--feedforward-modules <list>', 'IA3: modules whose input is scaled (default: the model type\'s, e.g. down_proj)', list)
+    .option('--num-virtual-tokens <n>', 'prefix/prompt tuning: virtual tokens', int('--num-virtual-tokens', 1), 16)
+    .option('--prefix-projection', 'prefix tuning: train through a reparameterisation MLP (folded into plain prefixes when saved)')
+    .option('--encoder-hidden-size <n>', 'prefix tuning: hidden width of the reparameterisation MLP', int('--encoder-hidden-size', 1))
+    .option('--prompt-tuning-init <mode>', 'prompt tuning: RANDOM | TEXT')
+    .option('--prompt-tuning-init-text <text>', 'prompt tuning: text whose token embeddings initialise the prompt (implies TEXT)')
+    .option('--reduction-factor <n>', 'bottleneck adapter: hidden / bottleneck', int('--reduction-factor', 1))
+    .option('--bottleneck-size <n>', 'bottleneck adapter: explicit bottleneck width', int('--bottleneck-size', 1))
+    .option('--placement <p>', 'bottleneck adapter: houlsby (after attention and MLP) | pfeiffer (after MLP)')
+    .option('--non-linearity <f>', 'bottleneck adapter: relu | gelu | gelu_tanh | silu')
     .option('--max-steps <n>', 'optimizer steps', int('--max-steps', 1), 200)
     .option('--batch-size <n>', 'rows per micro-batch', int('--batch-size', 1), 8)
     .option('--grad-accum <n>', 'micro-batches per optimizer step', int('--grad-accum', 1), 1)
     .option('--max-seq-length <n>', 'tokens per row', int('--max-seq-length', 2), 256)
     .option('--no-pack', 'one example per row (padded) instead of packing short examples')
     .option('--text-split <mode>', '.txt files: blocks | paragraphs', 'blocks')
-    .option('--lr <x>', 'peak learning rate', float('--lr', 0), 2e-3)
+    .option('--lr <x>', 'peak learning rate (default per method: lora/qlora/full/adapter 1e-3, ia3/prefix 1e-2, prompt 3e-2)', float('--lr', 0))
     .option('--schedule <name>', 'constant | linear | cosine', 'cosine')
     .option('--warmup-steps <n>', 'linear warmup steps', int('--warmup-steps'), 10)
     .option('--weight-decay <x>', 'AdamW weight decay', float('--weight-decay', 0), 0)
@@ -37,6 +47,9 @@ export function trainCommand(): Command {
     .option('--checkpoint-every <n>', 'checkpoint every N steps (0 = none)', int('--checkpoint-every'), 0)
     .option('--resume <dir>', 'resume from a checkpoint (or the output directory holding checkpoint-N)')
     .option('--skip-bad-lines', 'skip malformed data lines (reporting the count) instead of stopping')
+    .option('--forgetting-data <file>', 'text of the base model\'s own domain: perplexity before and after measures forgetting')
+    .option('--max-forgetting-examples <n>', 'score at most N forgetting examples (0 = all)', int('--max-forgetting-examples'), 0)
+    .option('--result-json <file>', 'write a JSON summary of the run (metrics, perplexities, memory, time)')
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action(async (raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as Record<string, unknown>;
@@ -49,17 +62,31 @@ export function trainCommand(): Command {
       r: o.r as number,
       loraAlpha: o.loraAlpha as number,
       loraDropout: o.loraDropout as number,
-      targetModules: targets === 'all-linear' || !targets.includes(',') && /[\\^$*+?()[\]|]/.test(targets) ? targets : list(targets),
+      targetModules: o.targetModules === undefined ? undefined
+        : targets === 'all-linear' || (!targets.includes(',') && /[\\^$*+?()[\]|]/.test(targets)) ? targets : list(targets),
       useRslora: Boolean(o.useRslora),
       modulesToSave: o.modulesToSave as string[] | undefined,
       quantType: o.quantType as 'nf4' | 'fp4',
+      feedforwardModules: o.feedforwardModules as string[] | undefined,
+      numVirtualTokens: o.numVirtualTokens as number,
+      prefixProjection: Boolean(o.prefixProjection),
+      encoderHiddenSize: o.encoderHiddenSize as number | undefined,
+      promptTuningInit: o.promptTuningInit as 'RANDOM' | 'TEXT' | undefined,
+      promptTuningInitText: o.promptTuningInitText as string | undefined,
+      reductionFactor: o.reductionFactor as number | undefined,
+      bottleneckSize: o.bottleneckSize as number | undefined,
+      placement: o.placement as 'houlsby' | 'pfeiffer' | undefined,
+      nonLinearity: o.nonLinearity as string | undefined,
+      forgettingData: o.forgettingData as string | undefined,
+      maxForgettingExamples: o.maxForgettingExamples as number,
+      resultJson: o.resultJson as string | undefined,
       maxSteps: o.maxSteps as number,
       batchSize: o.batchSize as number,
       gradAccum: o.gradAccum as number,
       maxSeqLength: o.maxSeqLength as number,
       pack: o.pack as boolean,
       textSplit: o.textSplit as 'blocks' | 'paragraphs',
-      lr: o.lr as number,
+      lr: o.lr as number | undefined,
       schedule: o.schedule as 'constant' | 'linear' | 'cosine',
       warmupSteps: o.warmupSteps as number,
       weightDecay: o.weightDecay as number,
@@ -90,6 +117,7 @@ export function trainCommand(): Command {
     if (skipped > 0) process.stdout.write(`skipped ${skipped} malformed line(s)\n`);
     const last = r.result.steps[r.result.steps.length - 1];
     process.stdout.write(`done: ${r.result.state.step} steps, final train loss ${last ? last.loss.toFixed(4) : '-'}, ${Math.round(last?.tokensPerSecond ?? 0)} tokens/s, peak RSS ${(r.peakRss / 2 ** 20).toFixed(0)} MiB\n`);
+    if (r.forgetting) process.stdout.write(`forgetting: base-domain perplexity ${r.forgetting.before.perplexity.toFixed(3)} → ${r.forgetting.after.perplexity.toFixed(3)}\n`);
     if (r.outputDir) process.stdout.write(`saved to ${r.outputDir} (metrics.jsonl, loss_curve.svg)\n`);
   });
   return cmd;

@@ -4,7 +4,7 @@
  * (the adapter in HF PEFT format — or, for full fine-tuning, a Hugging Face model directory),
  * the metrics log (JSONL), the loss curve (SVG) and the run's arguments.
  */
-import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
@@ -12,8 +12,8 @@ import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import type { CausalLM } from '../models/llama.js';
 import { loadModel } from '../models/load.js';
 import { DEFAULT_MODEL } from '../paths.js';
-import { LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
-import type { NamedTensor } from '../peft/types.js';
+import { createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
+import type { AdapterMethod, NamedTensor } from '../peft/types.js';
 import { loadModelQuantized, quantizationReport, type QuantizationReport } from '../quant/quantize-model.js';
 import { lossCurveSvg } from '../report/charts.js';
 import { saveModelDir } from '../models/save.js';
@@ -22,8 +22,13 @@ import { evaluate, type EvalResult } from './evaluate.js';
 import { batchLoss, fullFineTuneParameters } from './methods.js';
 import { train, TRAIN_DEFAULTS, type StepMetrics, type TrainOptions, type TrainResult } from './trainer.js';
 
-export type MethodName = 'lora' | 'qlora' | 'full';
-export const METHODS: MethodName[] = ['lora', 'qlora', 'full'];
+export type MethodName = 'lora' | 'qlora' | 'full' | 'adapter' | 'prefix' | 'prompt' | 'ia3';
+export const METHODS: MethodName[] = ['lora', 'qlora', 'full', 'adapter', 'prefix', 'prompt', 'ia3'];
+
+/** Default peak learning rates per method (AdamW, cosine schedule), stated in reports. */
+export const DEFAULT_LR: Record<MethodName, number> = {
+  lora: 1e-3, qlora: 1e-3, full: 1e-3, adapter: 1e-3, ia3: 1e-2, prefix: 1e-2, prompt: 3e-2,
+};
 
 export interface TrainRunOptions extends Partial<TrainOptions> {
   model?: string;
@@ -41,6 +46,25 @@ export interface TrainRunOptions extends Partial<TrainOptions> {
   initLoraWeights?: boolean | 'gaussian';
   /** QLoRA base */
   quantType?: 'nf4' | 'fp4';
+  /** IA3: modules whose input (not output) is scaled. */
+  feedforwardModules?: string[];
+  /** Prefix / prompt tuning */
+  numVirtualTokens?: number;
+  prefixProjection?: boolean;
+  encoderHiddenSize?: number;
+  promptTuningInit?: 'RANDOM' | 'TEXT';
+  promptTuningInitText?: string;
+  /** Bottleneck adapters */
+  reductionFactor?: number;
+  bottleneckSize?: number;
+  placement?: 'houlsby' | 'pfeiffer';
+  nonLinearity?: string;
+  /** Text of the base model's own domain: perplexity before and after training measures forgetting. */
+  forgettingData?: string;
+  /** Score at most N forgetting-data examples (0 = all). */
+  maxForgettingExamples?: number;
+  /** Write a JSON summary of the run (metrics, perplexities, memory, time) here. */
+  resultJson?: string;
   batchSize?: number;
   maxSeqLength?: number;
   pack?: boolean;
@@ -71,6 +95,10 @@ export interface TrainRunResult {
   /** Peak resident set size seen during training (bytes). */
   peakRss: number;
   wallSeconds: number;
+  /** Base-domain evaluation before and after training (with forgettingData). */
+  forgetting?: { before: EvalResult; after: EvalResult };
+  /** The base model's (adapters disabled) validation result before training. */
+  newDomainBase?: EvalResult;
 }
 
 /** A model, tokenizer and (for PEFT methods) the PeftModel with one new trainable adapter named `default`. */
@@ -79,6 +107,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   const method = o.method ?? 'lora';
   if (!METHODS.includes(method)) throw new PeftError('unknown method', { field: '--method', expected: METHODS.join(', '), found: method });
   const tokenizer = loadTokenizer(dir);
+  const baseName = o.model ?? basename(DEFAULT_MODEL);
   if (method === 'full') {
     const model = loadModel(dir, { dtype: 'float32' });
     const params = fullFineTuneParameters(model);
@@ -87,17 +116,46 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   }
   const model = method === 'qlora' ? loadModelQuantized(dir, { quantType: o.quantType ?? 'nf4' }) : loadModel(dir);
   const peft = new PeftModel(model);
-  const cfg = parseLoraConfig({
-    r: o.r ?? 8,
-    lora_alpha: o.loraAlpha ?? 16,
-    lora_dropout: o.loraDropout ?? 0.05,
-    target_modules: o.targetModules ?? 'all-linear',
-    use_rslora: o.useRslora ?? false,
-    modules_to_save: o.modulesToSave ?? null,
-    init_lora_weights: o.initLoraWeights ?? true,
-    base_model_name_or_path: o.model ?? basename(DEFAULT_MODEL),
-  }, 'training options');
-  peft.addAdapter('default', new LoraAdapter(model, cfg, o.seed ?? 0));
+  const seed = o.seed ?? 0;
+  const common = { base_model_name_or_path: baseName };
+  let adapter: AdapterMethod;
+  switch (method) {
+    case 'lora':
+    case 'qlora':
+      adapter = new LoraAdapter(model, parseLoraConfig({
+        ...common,
+        r: o.r ?? 8,
+        lora_alpha: o.loraAlpha ?? 16,
+        lora_dropout: o.loraDropout ?? 0.05,
+        target_modules: o.targetModules ?? 'all-linear',
+        use_rslora: o.useRslora ?? false,
+        modules_to_save: o.modulesToSave ?? null,
+        init_lora_weights: o.initLoraWeights ?? true,
+      }, 'training options'), seed);
+      break;
+    case 'ia3':
+      adapter = createIa3Adapter(model, { ...common, ...(o.targetModules ? { target_modules: o.targetModules } : {}), ...(o.feedforwardModules ? { feedforward_modules: o.feedforwardModules } : {}) }, seed);
+      break;
+    case 'prefix':
+      adapter = createPrefixAdapter(model, { ...common, num_virtual_tokens: o.numVirtualTokens ?? 16, prefix_projection: o.prefixProjection ?? false, ...(o.encoderHiddenSize ? { encoder_hidden_size: o.encoderHiddenSize } : {}) }, seed);
+      break;
+    case 'prompt':
+      adapter = createPromptAdapter(model, {
+        ...common, num_virtual_tokens: o.numVirtualTokens ?? 16,
+        prompt_tuning_init: o.promptTuningInit ?? (o.promptTuningInitText ? 'TEXT' : 'RANDOM'),
+        ...(o.promptTuningInitText ? { prompt_tuning_init_text: o.promptTuningInitText, tokenizer_name_or_path: dir } : {}),
+      }, tokenizer, seed);
+      break;
+    case 'adapter':
+      adapter = createBottleneckAdapter(model, {
+        ...common, seed, ...(o.reductionFactor ? { reduction_factor: o.reductionFactor } : {}), ...(o.bottleneckSize ? { bottleneck_size: o.bottleneckSize } : {}),
+        ...(o.placement ? { placement: o.placement } : {}), ...(o.nonLinearity ? { non_linearity: o.nonLinearity as 'relu' } : {}),
+      });
+      break;
+    default:
+      throw new PeftError('unknown method', { field: '--method', expected: METHODS.join(', '), found: method });
+  }
+  peft.addAdapter('default', adapter);
   const params = peft.trainable('default');
   const quant = method === 'qlora' ? quantizationReport(model) : undefined;
   return { model, tokenizer, peft, params, summary: peft.trainableSummary('default'), quant };
@@ -133,7 +191,13 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   const log = (rec: Record<string, unknown>): void => {
     if (metricsFile) appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
   };
-  const opts: Partial<TrainOptions> = { ...TRAIN_DEFAULTS, ...stripUndefined(o), outputDir: out ?? undefined };
+  const opts: Partial<TrainOptions> = { ...TRAIN_DEFAULTS, lr: DEFAULT_LR[o.method ?? 'lora'], ...stripUndefined(o), outputDir: out ?? undefined };
+  const forgetting = o.forgettingData ? loadDataset(o.forgettingData, tokenizer, { maxSeqLength, textSplit: 'paragraphs' }).train : null;
+  const forgettingExamples = forgetting && o.maxForgettingExamples ? forgetting.slice(0, o.maxForgettingExamples) : forgetting;
+  // "before" figures are the base model's: adapters disabled (a fresh prefix/prompt is random, not neutral)
+  const baseline = <T>(fn: () => T): T => (peft ? peft.withDisabled(fn) : fn());
+  const forgettingBefore = forgettingExamples ? baseline(() => evaluate(model, forgettingExamples, { batchSize: o.batchSize ?? 8, maxSeqLength })) : null;
+  const newDomainBefore = valExamples.length ? baseline(() => evaluate(model, valExamples, { batchSize: o.batchSize ?? 8, maxSeqLength })) : null;
   events.onStart?.({ summary: setup.summary, trainExamples: dataset.train.length, valExamples: valExamples.length, maxSteps: opts.maxSteps!, quant: setup.quant });
   const baseName = o.model ?? basename(DEFAULT_MODEL);
   const result = train<TrainBatch>({
@@ -163,6 +227,9 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
     },
     onCheckpoint: events.onCheckpoint,
   }, opts);
+  const trainSeconds = (performance.now() - t0) / 1000;
+  const forgettingAfter = forgettingExamples ? evaluate(model, forgettingExamples, { batchSize: o.batchSize ?? 8, maxSeqLength }) : null;
+  peakRss = Math.max(peakRss, rss(), maxRss());
   if (out) {
     saveResult({ model, peft }, out, baseName);
     const points = [
@@ -172,9 +239,49 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
     writeFileAtomic(join(out, 'loss_curve.svg'), await lossCurveSvg(points, `${o.method ?? 'lora'} on ${basename(o.data)}`));
     writeJsonAtomic(join(out, 'train_args.json'), { ...stripUndefined(o), summary: setup.summary });
   }
-  return {
+  const run: TrainRunResult = {
     model, peft, tokenizer, dataset, result, summary: setup.summary, outputDir: out, quant: setup.quant, peakRss,
-    wallSeconds: (performance.now() - t0) / 1000,
+    wallSeconds: trainSeconds,
+    forgetting: forgettingBefore && forgettingAfter ? { before: forgettingBefore, after: forgettingAfter } : undefined,
+    newDomainBase: newDomainBefore ?? undefined,
+  };
+  if (o.resultJson) writeJsonAtomic(o.resultJson, runSummary(run, o, setup.params));
+  return run;
+}
+
+/** Process peak RSS (bytes) as the OS reports it. */
+function maxRss(): number {
+  return process.resourceUsage().maxRSS * 1024;
+}
+
+/** A JSON-friendly summary of a run: what `--result-json` writes and `peft compare` reads. */
+export function runSummary(r: TrainRunResult, o: TrainRunOptions, params: NamedTensor[]): Record<string, unknown> {
+  const steps = r.result.steps;
+  const evals = r.result.evals;
+  const tokens = steps.reduce((s, x) => s + x.tokens, 0);
+  const trainSeconds = steps.length ? steps[steps.length - 1].elapsed : 0;
+  const out = r.outputDir;
+  const adapterFile = out ? join(out, r.peft ? 'adapter_model.safetensors' : 'model.safetensors') : null;
+  return {
+    method: o.method ?? 'lora',
+    summary: r.summary,
+    trainable_params: params.reduce((s, p) => s + p.tensor.size, 0),
+    lr: r.result.state.options.lr,
+    steps: r.result.state.step,
+    tokens,
+    train_seconds: trainSeconds,
+    tokens_per_second: trainSeconds > 0 ? tokens / trainSeconds : 0,
+    peak_rss_bytes: Math.max(r.peakRss, maxRss()),
+    adapter_bytes: adapterFile && existsSync(adapterFile) ? statSync(adapterFile).size : null,
+    new_domain: evals.length ? {
+      before: r.newDomainBase?.loss ?? evals[0].loss, after: evals[evals.length - 1].loss,
+      ppl_before: r.newDomainBase?.perplexity ?? evals[0].perplexity, ppl_after: evals[evals.length - 1].perplexity,
+    } : null,
+    old_domain: r.forgetting ? { before: r.forgetting.before.loss, after: r.forgetting.after.loss, ppl_before: r.forgetting.before.perplexity, ppl_after: r.forgetting.after.perplexity } : null,
+    quantization: r.quant ?? null,
+    loss_curve: steps.map((s) => [s.step, s.loss]),
+    eval_curve: evals.map((e) => [e.step, e.loss]),
+    output: out,
   };
 }
 
