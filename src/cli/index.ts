@@ -10,11 +10,13 @@ import { inspectCommand } from './inspect.js';
 import { serveCommand } from './serve.js';
 import { exportCommand } from './export.js';
 import { combineCommand } from './combine.js';
+import { compareCommand, mainCommand } from './compare.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
     .description('parameter-efficient fine-tuning of causal language models (LoRA, QLoRA, adapters, prefix/prompt tuning, IA3)')
     .showHelpAfterError();
+  program.addCommand(mainCommand());
   program.addCommand(trainCommand());
   program.addCommand(generateCommand());
   program.addCommand(evalCommand());
@@ -24,6 +26,7 @@ export function buildProgram(): Command {
   program.addCommand(quantizeCommand());
   program.addCommand(serveCommand());
   program.addCommand(combineCommand());
+  program.addCommand(compareCommand());
   return program;
 }
 

@@ -1,0 +1,111 @@
+/**
+ * `peft compare`: every method trained on the same data with the same token budget (same steps,
+ * batch and sequence length), each in its own process, then one table (Markdown + JSON) and a
+ * chart: trainable parameters, adapter file size, peak memory, wall time, tokens/s, new-domain
+ * perplexity and old-domain perplexity (forgetting).
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
+import { DEFAULT_NEW_DOMAIN, DEFAULT_OLD_DOMAIN } from '../paths.js';
+import { DEFAULT_LR, METHODS, type MethodName } from '../train/run.js';
+import { barsSvg } from './charts.js';
+import { runPeft } from './subprocess.js';
+
+export interface CompareOptions {
+  model?: string;
+  /** New-domain training data (default: the bundled Grimm's fairy tales). */
+  data?: string;
+  /** Old-domain text for forgetting (default: the bundled TinyStories sample). */
+  forgettingData?: string;
+  methods?: MethodName[];
+  maxSteps?: number;
+  batchSize?: number;
+  maxSeqLength?: number;
+  textSplit?: 'blocks' | 'paragraphs';
+  seed?: number;
+  output?: string;
+  maxEvalExamples?: number;
+  maxForgettingExamples?: number;
+  /** Learning rate per method (default DEFAULT_LR). */
+  lr?: Partial<Record<MethodName, number>>;
+  onProgress?: (method: MethodName, line: string) => void;
+}
+
+export interface CompareRow {
+  method: MethodName;
+  lr: number;
+  trainable_params: number;
+  summary: string;
+  adapter_bytes: number | null;
+  peak_rss_bytes: number;
+  train_seconds: number;
+  tokens: number;
+  tokens_per_second: number;
+  new_domain: { ppl_before: number; ppl_after: number } | null;
+  old_domain: { ppl_before: number; ppl_after: number } | null;
+  output: string;
+  loss_curve: Array<[number, number]>;
+  eval_curve: Array<[number, number]>;
+  quantization?: { bitsPerParam: number; baseBytesTotal: number } | null;
+}
+
+export const COMPARE_DEFAULTS = {
+  maxSteps: 100, batchSize: 8, maxSeqLength: 256, textSplit: 'paragraphs' as const, seed: 0,
+  maxEvalExamples: 48, maxForgettingExamples: 300,
+};
+
+/** Trains each method in a child process (`peft train --result-json`) and collects the summaries. */
+export async function runCompare(o: CompareOptions = {}): Promise<{ rows: CompareRow[]; dir: string }> {
+  const dir = o.output ?? join('out', 'compare');
+  mkdirSync(dir, { recursive: true });
+  const c = { ...COMPARE_DEFAULTS, ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) } as typeof COMPARE_DEFAULTS & CompareOptions;
+  const rows: CompareRow[] = [];
+  for (const method of o.methods ?? METHODS) {
+    const out = join(dir, method);
+    const result = join(dir, `${method}.result.json`);
+    const lr = o.lr?.[method] ?? DEFAULT_LR[method];
+    const args = [
+      'train', '--method', method, '--data', o.data ?? DEFAULT_NEW_DOMAIN, '--text-split', c.textSplit,
+      '--forgetting-data', o.forgettingData ?? DEFAULT_OLD_DOMAIN, '--max-forgetting-examples', String(c.maxForgettingExamples),
+      '--max-steps', String(c.maxSteps), '--batch-size', String(c.batchSize), '--max-seq-length', String(c.maxSeqLength),
+      '--lr', String(lr), '--seed', String(c.seed), '--eval-every', '0', '--max-eval-examples', String(c.maxEvalExamples),
+      '--output', out, '--result-json', result,
+      ...(o.model ? ['--model', o.model] : []),
+    ];
+    await runPeft(args, (line) => o.onProgress?.(method, line));
+    rows.push(JSON.parse(readFileSync(result, 'utf8')) as CompareRow);
+  }
+  writeJsonAtomic(join(dir, 'compare.json'), { settings: { ...c, onProgress: undefined, lr: Object.fromEntries(rows.map((r) => [r.method, r.lr])) }, rows });
+  writeFileAtomic(join(dir, 'compare.md'), compareMarkdown(rows, c));
+  writeFileAtomic(join(dir, 'compare.svg'), await compareChart(rows));
+  return { rows, dir };
+}
+
+const mib = (b: number | null): string => (b === null ? '-' : b < 1024 * 1024 ? `${(b / 1024).toFixed(1)} KiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
+const arrow = (d: { ppl_before: number; ppl_after: number } | null): string => (d ? `${d.ppl_before.toFixed(2)} → ${d.ppl_after.toFixed(2)}` : '-');
+
+/** The comparison as a Markdown table, with the shared settings stated above it. */
+export function compareMarkdown(rows: CompareRow[], s: { maxSteps: number; batchSize: number; maxSeqLength: number }): string {
+  const lines = [
+    `Every method: ${s.maxSteps} optimizer steps × ${s.batchSize} rows × ≤ ${s.maxSeqLength} tokens (packed), AdamW, cosine schedule, seed-fixed; each run in its own process.`,
+    '',
+    '| method | lr | trainable params | adapter file | peak RSS | train time | tokens/s | new-domain ppl (before → after) | old-domain ppl (before → after) |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...rows.map((r) => `| ${r.method} | ${r.lr} | ${r.trainable_params.toLocaleString('en-US')} | ${mib(r.adapter_bytes)} | ${mib(r.peak_rss_bytes)} | ${r.train_seconds.toFixed(1)} s | ${Math.round(r.tokens_per_second)} | ${arrow(r.new_domain)} | ${arrow(r.old_domain)} |`),
+    '',
+    '"before" is the base model (adapters disabled); "adapter file" is adapter_model.safetensors (model.safetensors for full fine-tuning).',
+  ];
+  return lines.join('\n') + '\n';
+}
+
+async function compareChart(rows: CompareRow[]): Promise<string> {
+  const data = rows.flatMap((r) => [
+    { method: r.method, metric: 'new-domain ppl (after)', value: r.new_domain?.ppl_after ?? 0 },
+    { method: r.method, metric: 'old-domain ppl (after)', value: r.old_domain?.ppl_after ?? 0 },
+    { method: r.method, metric: 'trainable params (log10)', value: Math.log10(Math.max(1, r.trainable_params)) },
+    { method: r.method, metric: 'peak RSS (MiB)', value: r.peak_rss_bytes / 2 ** 20 },
+    { method: r.method, metric: 'tokens/s', value: r.tokens_per_second },
+  ]);
+  return barsSvg(data, 'PEFT methods on the same data and token budget');
+}
