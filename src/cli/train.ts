@@ -20,7 +20,7 @@ export function trainCommand(): Command {
     .option('--quant-type <type>', 'QLoRA base quantization: nf4 | fp4', 'nf4')
     .option('--feedforward-modules <list>', 'IA3: modules whose input is scaled (default: the model type\'s, e.g. down_proj)', list)
     .option('--num-virtual-tokens <n>', 'prefix/prompt tuning: virtual tokens', int('--num-virtual-tokens', 1), 16)
-    .option('--prefix-projection', 'prefix tuning: train through a reparameterisation MLP (folded into plain prefixes when saved)')
+    .option('--no-prefix-projection', 'prefix tuning: train the prefixes directly instead of through the reparameterisation MLP (Li & Liang 2021; the MLP is the default here, as it trains stably, and is folded into plain prefixes when saved)')
     .option('--encoder-hidden-size <n>', 'prefix tuning: hidden width of the reparameterisation MLP', int('--encoder-hidden-size', 1))
     .option('--prompt-tuning-init <mode>', 'prompt tuning: RANDOM | TEXT')
     .option('--prompt-tuning-init-text <text>', 'prompt tuning: text whose token embeddings initialise the prompt (implies TEXT)')
@@ -69,7 +69,7 @@ export function trainCommand(): Command {
       quantType: o.quantType as 'nf4' | 'fp4',
       feedforwardModules: o.feedforwardModules as string[] | undefined,
       numVirtualTokens: o.numVirtualTokens as number,
-      prefixProjection: Boolean(o.prefixProjection),
+      prefixProjection: o.prefixProjection as boolean,
       encoderHiddenSize: o.encoderHiddenSize as number | undefined,
       promptTuningInit: o.promptTuningInit as 'RANDOM' | 'TEXT' | undefined,
       promptTuningInitText: o.promptTuningInitText as string | undefined,

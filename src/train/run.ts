@@ -137,7 +137,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
       adapter = createIa3Adapter(model, { ...common, ...(o.targetModules ? { target_modules: o.targetModules } : {}), ...(o.feedforwardModules ? { feedforward_modules: o.feedforwardModules } : {}) }, seed);
       break;
     case 'prefix':
-      adapter = createPrefixAdapter(model, { ...common, num_virtual_tokens: o.numVirtualTokens ?? 16, prefix_projection: o.prefixProjection ?? false, ...(o.encoderHiddenSize ? { encoder_hidden_size: o.encoderHiddenSize } : {}) }, seed);
+      adapter = createPrefixAdapter(model, { ...common, num_virtual_tokens: o.numVirtualTokens ?? 16, prefix_projection: o.prefixProjection ?? true, ...(o.encoderHiddenSize ? { encoder_hidden_size: o.encoderHiddenSize } : {}) }, seed);
       break;
     case 'prompt':
       adapter = createPromptAdapter(model, {
