@@ -14,13 +14,10 @@ namespace {
 
 constexpr int MR = GEMM_MR;
 constexpr int NR = GEMM_NR;
-static int64_t env_or(const char* name, int64_t d) {
-  const char* v = std::getenv(name);
-  return v ? std::atol(v) : d;
-}
-static const int64_t KC_MAX = env_or("PEFT_KC", 256);   // kc x NR panel of B (16 KiB) stays in L1
-static const int64_t MC_MAX = env_or("PEFT_MC", 144);   // MC x KC block of A (144 KiB) stays in L2
-static const int64_t NC_MAX = env_or("PEFT_NC", 3072);  // KC x NC panel of B (3 MiB) stays in L3
+// Blocking for AVX2 cores with 32 KiB L1d / 512 KiB L2 (tuned on Zen 3 with bench/gemm.ts):
+constexpr int64_t KC_MAX = 384;   // kc x NR panel of B (24 KiB) stays in L1
+constexpr int64_t MC_MAX = 96;    // MC x KC block of A (144 KiB) stays in L2
+constexpr int64_t NC_MAX = 2048;  // KC x NC panel of B (3 MiB) stays in L3
 
 MicroKernel pick_kernel() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -17,32 +17,51 @@ __attribute__((target("avx2,fma"))) void micro_kernel_avx2(int64_t kc, const flo
   __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
   __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * GEMM_NR), _MM_HINT_T0);
-    __m256 b0 = _mm256_load_ps(b);
-    __m256 b1 = _mm256_load_ps(b + 8);
-    __m256 av;
-    av = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(av, b0, c00);
-    c01 = _mm256_fmadd_ps(av, b1, c01);
-    av = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(av, b0, c10);
-    c11 = _mm256_fmadd_ps(av, b1, c11);
-    av = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(av, b0, c20);
-    c21 = _mm256_fmadd_ps(av, b1, c21);
-    av = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(av, b0, c30);
-    c31 = _mm256_fmadd_ps(av, b1, c31);
-    av = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(av, b0, c40);
-    c41 = _mm256_fmadd_ps(av, b1, c41);
-    av = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(av, b0, c50);
-    c51 = _mm256_fmadd_ps(av, b1, c51);
+  // the C tile is read/written after the loop: start fetching it now
+  for (int i = 0; i < GEMM_MR; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + GEMM_NR - 1), _MM_HINT_T0);
+  }
+#define PEFT_STEP(off)                                                        \
+  {                                                                           \
+    __m256 b0 = _mm256_load_ps(b + (off) * GEMM_NR);                          \
+    __m256 b1 = _mm256_load_ps(b + (off) * GEMM_NR + 8);                      \
+    const float* ak = a + (off) * GEMM_MR;                                    \
+    __m256 av = _mm256_broadcast_ss(ak + 0);                                  \
+    c00 = _mm256_fmadd_ps(av, b0, c00);                                       \
+    c01 = _mm256_fmadd_ps(av, b1, c01);                                       \
+    av = _mm256_broadcast_ss(ak + 1);                                         \
+    c10 = _mm256_fmadd_ps(av, b0, c10);                                       \
+    c11 = _mm256_fmadd_ps(av, b1, c11);                                       \
+    av = _mm256_broadcast_ss(ak + 2);                                         \
+    c20 = _mm256_fmadd_ps(av, b0, c20);                                       \
+    c21 = _mm256_fmadd_ps(av, b1, c21);                                       \
+    av = _mm256_broadcast_ss(ak + 3);                                         \
+    c30 = _mm256_fmadd_ps(av, b0, c30);                                       \
+    c31 = _mm256_fmadd_ps(av, b1, c31);                                       \
+    av = _mm256_broadcast_ss(ak + 4);                                         \
+    c40 = _mm256_fmadd_ps(av, b0, c40);                                       \
+    c41 = _mm256_fmadd_ps(av, b1, c41);                                       \
+    av = _mm256_broadcast_ss(ak + 5);                                         \
+    c50 = _mm256_fmadd_ps(av, b0, c50);                                       \
+    c51 = _mm256_fmadd_ps(av, b1, c51);                                       \
+  }
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch(reinterpret_cast<const char*>(a + 8 * GEMM_MR * 4), _MM_HINT_T0);
+    PEFT_STEP(0)
+    PEFT_STEP(1)
+    PEFT_STEP(2)
+    PEFT_STEP(3)
+    a += 4 * GEMM_MR;
+    b += 4 * GEMM_NR;
+  }
+  for (; k < kc; ++k) {
+    PEFT_STEP(0)
     a += GEMM_MR;
     b += GEMM_NR;
   }
+#undef PEFT_STEP
   if (m == GEMM_MR && n == GEMM_NR) {
     const __m256 va = _mm256_set1_ps(alpha);
     __m256 rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
