@@ -32,6 +32,18 @@ MicroKernel kernel() {
   return k;
 }
 
+using TransposePack = void (*)(const float* s, int64_t ld, int64_t kc, float* d);
+
+TransposePack transpose_pack() {
+  static const TransposePack t = [] {
+#if defined(__x86_64__) || defined(__i386__)
+    if (kernel() == micro_kernel_avx2) return &pack_rows_transposed_avx2;
+#endif
+    return &pack_rows_transposed_generic;
+  }();
+  return t;
+}
+
 // 64-byte aligned scratch buffer owned by each thread, grown on demand.
 struct Scratch {
   float* p = nullptr;
@@ -49,7 +61,7 @@ struct Scratch {
   }
 };
 
-thread_local Scratch a_scratch, b_scratch;
+thread_local Scratch a_scratch, b_scratch, row_scratch;
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = static_cast<uint32_t>(h) << 16;
@@ -87,6 +99,8 @@ void pack_b(const WeightRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, 
         const float* s = static_cast<const float*>(B.data);
         if (!B.trans) {
           for (int64_t k = 0; k < kc; ++k) std::memcpy(d + k * NR, s + (k0 + k) * B.ld + j, sizeof(float) * nr);
+        } else if (nr == NR) {
+          transpose_pack()(s + j * B.ld + k0, B.ld, kc, d);
         } else {
           for (int64_t jj = 0; jj < nr; ++jj) {
             const float* row = s + (j + jj) * B.ld + k0;
@@ -103,17 +117,25 @@ void pack_b(const WeightRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, 
             for (int64_t jj = 0; jj < nr; ++jj) d[k * NR + jj] = bf16_to_f32(row[jj]);
           }
         } else {
+          // widen the rows into a row-major tile, then transpose it into the panel
+          float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
+          if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
           for (int64_t jj = 0; jj < nr; ++jj) {
             const uint16_t* row = s + (j + jj) * B.ld + k0;
-            for (int64_t k = 0; k < kc; ++k) d[k * NR + jj] = bf16_to_f32(row[k]);
+            float* t = tmp + jj * kc;
+            for (int64_t k = 0; k < kc; ++k) t[k] = bf16_to_f32(row[k]);
           }
+          transpose_pack()(tmp, kc, kc, d);
         }
         break;
       }
       case WeightKind::Q4: {
         const Q4Matrix& q = *B.q4;
-        if (B.trans) {  // op(B)[k][j] = W[j][k]: each W row segment is contiguous
-          for (int64_t jj = 0; jj < nr; ++jj) decode_q4(q, (j + jj) * q.cols + k0, kc, d + jj, NR);
+        if (B.trans) {  // op(B)[k][j] = W[j][k]: decode each row segment, then transpose the tile
+          float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
+          if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
+          for (int64_t jj = 0; jj < nr; ++jj) decode_q4(q, (j + jj) * q.cols + k0, kc, tmp + jj * kc, 1);
+          transpose_pack()(tmp, kc, kc, d);
         } else {  // op(B)[k][j] = W[k][j]
           for (int64_t k = 0; k < kc; ++k) decode_q4(q, (k0 + k) * q.cols + j, nr, d + k * NR, 1);
         }

@@ -89,3 +89,53 @@ __attribute__((target("avx2,fma"))) void micro_kernel_avx2(int64_t kc, const flo
 
 }  // namespace peft
 #endif
+
+#if defined(__x86_64__) || defined(__i386__)
+namespace peft {
+
+// 8x8 transpose of rows r[0..8) (8 floats each) into 8 registers holding the columns.
+__attribute__((target("avx2,fma"))) static inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3,
+                                                                 __m256& r4, __m256& r5, __m256& r6, __m256& r7) {
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r2 = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+__attribute__((target("avx2,fma"))) void pack_rows_transposed_avx2(const float* s, int64_t ld, int64_t kc, float* d) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    for (int half = 0; half < 2; ++half) {
+      const float* p = s + half * 8 * ld + k;
+      __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + ld), r2 = _mm256_loadu_ps(p + 2 * ld), r3 = _mm256_loadu_ps(p + 3 * ld);
+      __m256 r4 = _mm256_loadu_ps(p + 4 * ld), r5 = _mm256_loadu_ps(p + 5 * ld), r6 = _mm256_loadu_ps(p + 6 * ld), r7 = _mm256_loadu_ps(p + 7 * ld);
+      transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
+      float* q = d + k * GEMM_NR + half * 8;
+      _mm256_store_ps(q, r0);
+      _mm256_store_ps(q + GEMM_NR, r1);
+      _mm256_store_ps(q + 2 * GEMM_NR, r2);
+      _mm256_store_ps(q + 3 * GEMM_NR, r3);
+      _mm256_store_ps(q + 4 * GEMM_NR, r4);
+      _mm256_store_ps(q + 5 * GEMM_NR, r5);
+      _mm256_store_ps(q + 6 * GEMM_NR, r6);
+      _mm256_store_ps(q + 7 * GEMM_NR, r7);
+    }
+  }
+  for (; k < kc; ++k)
+    for (int jj = 0; jj < GEMM_NR; ++jj) d[k * GEMM_NR + jj] = s[jj * ld + k];
+}
+
+}  // namespace peft
+#endif

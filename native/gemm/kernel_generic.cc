@@ -18,4 +18,9 @@ void micro_kernel_generic(int64_t kc, const float* a, const float* b, float* c, 
   store_tile(acc, c, ldc, alpha, beta, m, n);
 }
 
+void pack_rows_transposed_generic(const float* s, int64_t ld, int64_t kc, float* d) {
+  for (int64_t k = 0; k < kc; ++k)
+    for (int jj = 0; jj < GEMM_NR; ++jj) d[k * GEMM_NR + jj] = s[jj * ld + k];
+}
+
 }  // namespace peft

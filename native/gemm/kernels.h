@@ -19,6 +19,13 @@ void micro_kernel_avx2(int64_t kc, const float* a, const float* b, float* c, int
                        float alpha, float beta, int m, int n);
 #endif
 
+// Packs 16 full rows (row i at s + i*ld, kc floats each) as a kc x NR panel: d[k*NR + i] = s[i*ld + k].
+// d must be 32-byte aligned.
+void pack_rows_transposed_generic(const float* s, int64_t ld, int64_t kc, float* d);
+#if defined(__x86_64__) || defined(__i386__)
+void pack_rows_transposed_avx2(const float* s, int64_t ld, int64_t kc, float* d);
+#endif
+
 // Writes an MR x NR accumulator tile into c (shared by the kernels for partial tiles).
 inline void store_tile(const float* acc, float* c, int64_t ldc, float alpha, float beta, int m, int n) {
   for (int i = 0; i < m; ++i) {

@@ -7,7 +7,7 @@
  * received none) and ACCUMULATES into its inputs' gradients. Frozen tensors (requiresGrad false)
  * never get a gradient buffer, so e.g. a frozen weight costs no weight-gradient GEMM.
  */
-import { allocF32 } from './pool.js';
+import { allocF32, releaseF32 } from './pool.js';
 import { Tensor } from './tensor.js';
 
 interface Node {
@@ -87,12 +87,25 @@ export function backward(out: Tensor, seed?: Float32Array): void {
   }
   const nodes = tape;
   tape = [];
+  // an output's gradient is dead once the last (earliest) node producing it has run: return it
+  // to the pool right away, so peak memory holds activations plus a few live gradients
+  const producers = new Map<Tensor, number>();
+  for (const n of nodes) {
+    const r = root(n.out);
+    producers.set(r, (producers.get(r) ?? 0) + 1);
+  }
   for (let i = nodes.length - 1; i >= 0; i--) {
     const n = nodes[i];
-    const go = root(n.out).grad;
+    const r = root(n.out);
+    const go = r.grad;
     if (go) n.backward(go);
+    const left = producers.get(r)! - 1;
+    producers.set(r, left);
+    if (left === 0 && !r.isLeaf && r.grad) {
+      releaseF32(r.grad);
+      r.grad = null;
+    }
   }
-  // intermediates' gradients live in pooled buffers that the arena frees; drop the references
   for (const n of nodes) {
     const r = root(n.out);
     if (!r.isLeaf) r.grad = null;

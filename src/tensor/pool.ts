@@ -21,8 +21,10 @@ function sizeClass(n: number): number {
 }
 
 interface Arena {
-  buffers: Float32Array[];
+  buffers: Set<Float32Array>;
 }
+/** Base buffer of every live pooled allocation, by its ArrayBuffer (views share it). */
+const liveBase = new Map<ArrayBufferLike, { base: Float32Array; arena: Arena }>();
 const arenas: Arena[] = [];
 
 /**
@@ -39,12 +41,25 @@ export function allocF32(n: number, zero = false): Float32Array {
     idleBytes -= base.byteLength;
     const view = base.subarray(0, n);
     if (zero) view.fill(0);
-    arena.buffers.push(base);
-    return view;
+  } else {
+    base = new Float32Array(cls);
   }
-  base = new Float32Array(cls);
-  arena.buffers.push(base);
+  arena.buffers.add(base);
+  liveBase.set(base.buffer, { base, arena });
   return base.subarray(0, n);
+}
+
+/**
+ * Returns a pooled buffer (any view of it) to the pool before its arena ends, when the caller
+ * knows nothing reads it any more (e.g. a gradient already propagated). Plain allocations are
+ * ignored.
+ */
+export function releaseF32(view: Float32Array): void {
+  const live = liveBase.get(view.buffer);
+  if (!live) return;
+  liveBase.delete(view.buffer);
+  live.arena.buffers.delete(live.base);
+  release(live.base);
 }
 
 function release(buf: Float32Array): void {
@@ -62,12 +77,15 @@ function release(buf: Float32Array): void {
  * (e.g. `logits.data.slice()`), never returned as views.
  */
 export function withArena<T>(fn: () => T): T {
-  arenas.push({ buffers: [] });
+  arenas.push({ buffers: new Set() });
   try {
     return fn();
   } finally {
     const a = arenas.pop()!;
-    for (const b of a.buffers) release(b);
+    for (const b of a.buffers) {
+      liveBase.delete(b.buffer);
+      release(b);
+    }
   }
 }
 

@@ -37,12 +37,13 @@ export function crossEntropy(logits: Tensor, labels: Int32Array, gradScale: numb
 }
 
 /**
- * Fused LM head + cross-entropy: logits = h · Wᵀ (+ bias) computed `chunkRows` rows at a time.
+ * Fused LM head + cross-entropy: logits = h · Wᵀ (+ bias) computed `chunkRows` rows at a time
+ * (default: as many rows as fit 16 Mi logits, 64 MiB).
  * h: [N, D]; W: [V, D]; labels [N]. Gradients w.r.t. h (and W/bias when trainable) are computed
  * during the forward pass and scaled by the incoming gradient in backward.
  */
 export function linearCrossEntropy(h: Tensor, w: Weight, bias: Tensor | null, labels: Int32Array, gradScale: number,
-  chunkRows = 1024): LossResult {
+  chunkRows = Math.max(16, Math.floor((16 << 20) / w.rows))): LossResult {
   const N = h.rows, D = h.cols, V = w.rows;
   if (w.cols !== D) throw new Error(`linearCrossEntropy: hidden size ${D}, head expects ${w.cols}`);
   if (labels.length !== N) throw new Error(`linearCrossEntropy: ${labels.length} labels for ${N} rows`);
