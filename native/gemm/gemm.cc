@@ -15,9 +15,19 @@ namespace {
 constexpr int MR = GEMM_MR;
 constexpr int NR = GEMM_NR;
 // Blocking for AVX2 cores with 32 KiB L1d / 512 KiB L2 (tuned on Zen 3 with bench/gemm.ts):
-constexpr int64_t KC_MAX = 384;   // kc x NR panel of B (24 KiB) stays in L1
-constexpr int64_t MC_MAX = 96;    // MC x KC block of A (144 KiB) stays in L2
-constexpr int64_t NC_MAX = 2048;  // KC x NC panel of B (3 MiB) stays in L3
+// (overridable at compile time for tuning: -DPEFT_GEMM_KC=… etc.)
+#ifndef PEFT_GEMM_KC
+#define PEFT_GEMM_KC 384
+#endif
+#ifndef PEFT_GEMM_MC
+#define PEFT_GEMM_MC 96
+#endif
+#ifndef PEFT_GEMM_NC
+#define PEFT_GEMM_NC 2048
+#endif
+constexpr int64_t KC_MAX = PEFT_GEMM_KC;  // kc x NR panel of B (24 KiB) stays in L1
+constexpr int64_t MC_MAX = PEFT_GEMM_MC;  // MC x KC block of A (144 KiB) stays in L2
+constexpr int64_t NC_MAX = PEFT_GEMM_NC;  // KC x NC panel of B (3 MiB) stays in L3
 
 MicroKernel pick_kernel() {
 #if defined(__x86_64__) || defined(__i386__)
