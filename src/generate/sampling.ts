@@ -48,30 +48,40 @@ export function sampleToken(logits: Float32Array, o: SamplingOptions, rng: () =>
   const t = o.temperature ?? 0;
   if (t === 0) return argmax(logits);
   const V = logits.length;
-  let idx = Array.from({ length: V }, (_, i) => i);
-  const scaled = new Float64Array(V);
-  for (let i = 0; i < V; i++) scaled[i] = logits[i] / t;
-  idx.sort((a, b) => scaled[b] - scaled[a]);
   const k = o.topK ?? 0;
-  if (k > 0 && k < V) idx = idx.slice(0, k);
-  const mx = scaled[idx[0]];
-  let probs = idx.map((i) => Math.exp(scaled[i] - mx));
-  let sum = probs.reduce((a, b) => a + b, 0);
-  probs = probs.map((p) => p / sum);
   const p = o.topP ?? 1;
-  if (p < 1) {
-    // keep tokens while the mass of those before them is < p (always keeps the top token)
-    let cum = 0, keep = 0;
-    while (keep < probs.length && cum < p) cum += probs[keep++];
-    idx = idx.slice(0, keep);
-    probs = probs.slice(0, keep);
-    sum = probs.reduce((a, b) => a + b, 0);
-    probs = probs.map((q) => q / sum);
+  let mx = -Infinity;
+  for (let i = 0; i < V; i++) if (logits[i] > mx) mx = logits[i];
+  const probs = new Float64Array(V);
+  let sum = 0;
+  for (let i = 0; i < V; i++) sum += probs[i] = Math.exp((logits[i] - mx) / t);
+  if ((k === 0 || k >= V) && p >= 1) {
+    // plain temperature sampling: no ordering needed
+    let u = rng() * sum;
+    for (let i = 0; i < V; i++) {
+      u -= probs[i];
+      if (u < 0) return i;
+    }
+    return argmax(logits);
   }
-  let u = rng();
-  for (let i = 0; i < idx.length; i++) {
+  // order candidates by probability; tokens below 1e-12 of the total can never matter
+  const floor = sum * 1e-12;
+  let idx: number[] = [];
+  for (let i = 0; i < V; i++) if (probs[i] >= floor) idx.push(i);
+  idx.sort((a, b) => probs[b] - probs[a]);
+  if (k > 0 && k < idx.length) idx = idx.slice(0, k);
+  let kept = idx.reduce((acc, i) => acc + probs[i], 0);
+  if (p < 1) {
+    // keep tokens while the mass before them is < p of the (top-k) mass; always keeps the top token
+    let cum = 0, n = 0;
+    while (n < idx.length && cum < p * kept) cum += probs[idx[n++]];
+    idx = idx.slice(0, n);
+    kept = cum;
+  }
+  let u = rng() * kept;
+  for (const i of idx) {
     u -= probs[i];
-    if (u < 0) return idx[i];
+    if (u < 0) return i;
   }
   return idx[idx.length - 1];
 }
