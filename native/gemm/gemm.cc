@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "../threadpool.h"
 #include "kernels.h"
@@ -30,6 +31,9 @@ constexpr int64_t MC_MAX = PEFT_GEMM_MC;  // MC x KC block of A (144 KiB) stays 
 constexpr int64_t NC_MAX = PEFT_GEMM_NC;  // KC x NC panel of B (3 MiB) stays in L3
 
 MicroKernel pick_kernel() {
+  // PEFT_KERNELS=generic forces the portable kernels (to test that path on an AVX2 machine)
+  const char* force = std::getenv("PEFT_KERNELS");
+  if (force && std::string(force) == "generic") return micro_kernel_generic;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return micro_kernel_avx2;
