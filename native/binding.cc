@@ -105,7 +105,9 @@ struct GemmArgs {
   F32 A, C;
 };
 
-GemmArgs gemm_common(const Napi::CallbackInfo& info) {
+// Arguments shared by gemm and gemmQ4: transA, transB, M, N, K, alpha, A, lda at 0..7, then the
+// weight argument(s), then beta, C, ldc starting at `beta_at`.
+GemmArgs gemm_common(const Napi::CallbackInfo& info, size_t beta_at) {
   Napi::Env env = info.Env();
   GemmArgs g;
   g.ta = boolean(info[0], "transA");
@@ -116,9 +118,9 @@ GemmArgs gemm_common(const Napi::CallbackInfo& info) {
   g.alpha = number(info[5], "alpha");
   g.A = f32(info[6], "A");
   g.lda = integer(info[7], "lda", 1);
-  g.beta = number(info[10], "beta");
-  g.C = f32(info[11], "C");
-  g.ldc = integer(info[12], "ldc", 1);
+  g.beta = number(info[beta_at], "beta");
+  g.C = f32(info[beta_at + 1], "C");
+  g.ldc = integer(info[beta_at + 2], "ldc", 1);
   if (g.ldc < g.N) range_error(env, "ldc must be >= N");
   if (g.ta ? g.lda < g.M : g.lda < g.K) range_error(env, "lda too small for op(A)");
   need(env, g.A.n, g.ta ? span(g.K, g.M, g.lda) : span(g.M, g.K, g.lda), "A");
@@ -130,7 +132,7 @@ GemmArgs gemm_common(const Napi::CallbackInfo& info) {
 // Uint16Array (bfloat16 bits).
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  GemmArgs g = gemm_common(info);
+  GemmArgs g = gemm_common(info, 10);
   int64_t ldb = integer(info[9], "ldb", 1);
   peft::WeightRef w;
   w.trans = g.tb;
@@ -195,25 +197,7 @@ peft::Q4Matrix q4_from(const Napi::Value& v) {
 // W = q4 [N, K]; otherwise op(B) = W with W [K, N].
 Napi::Value GemmQ4(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  // reuse the common parser: argument 9 (ldb) is unused for Q4
-  GemmArgs g;
-  {
-    g.ta = boolean(info[0], "transA");
-    g.tb = boolean(info[1], "transB");
-    g.M = integer(info[2], "M");
-    g.N = integer(info[3], "N");
-    g.K = integer(info[4], "K");
-    g.alpha = number(info[5], "alpha");
-    g.A = f32(info[6], "A");
-    g.lda = integer(info[7], "lda", 1);
-    g.beta = number(info[9], "beta");
-    g.C = f32(info[10], "C");
-    g.ldc = integer(info[11], "ldc", 1);
-    if (g.ldc < g.N) range_error(env, "ldc must be >= N");
-    if (g.ta ? g.lda < g.M : g.lda < g.K) range_error(env, "lda too small for op(A)");
-    need(env, g.A.n, g.ta ? span(g.K, g.M, g.lda) : span(g.M, g.K, g.lda), "A");
-    need(env, g.C.n, span(g.M, g.N, g.ldc), "C");
-  }
+  GemmArgs g = gemm_common(info, 9);
   peft::Q4Matrix q = q4_from(info[8]);
   if (g.tb ? (q.rows != g.N || q.cols != g.K) : (q.rows != g.K || q.cols != g.N))
     range_error(env, "q4: shape does not match op(B)");

@@ -24,6 +24,7 @@ import {
   type AdapterMethod,
 } from '../src/peft/index.js';
 import { noGrad, withArena } from '../src/tensor/index.js';
+import { uniformRng } from '../src/tensor/random.js';
 
 export const DEFAULT_TEXT = 'Once upon a time, there was a little girl named Lily. She loved to play outside.';
 
@@ -37,15 +38,10 @@ function args(argv: string[]): { cmd: string; o: Record<string, string> } {
   return { cmd: cmd ?? '', o };
 }
 
+/** Uniform [-0.5, 0.5) draws from a seed. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const u = uniformRng(seed);
+  return () => u() - 0.5;
 }
 
 function logits(o: Record<string, string>): void {

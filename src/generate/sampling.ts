@@ -3,6 +3,7 @@
  * and top-p (nucleus, Holtzman et al. 2020), applied in that order as transformers' logits
  * processors do (TemperatureLogitsWarper → TopKLogitsWarper → TopPLogitsWarper).
  */
+import { uniformRng } from '../tensor/random.js';
 
 export interface SamplingOptions {
   /** 0 (default) = greedy argmax. */
@@ -15,17 +16,8 @@ export interface SamplingOptions {
   seed?: number;
 }
 
-/** mulberry32: small, fast, seedable uniform [0, 1) generator. */
-export function makeRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seedable uniform [0, 1) generator (mulberry32, see tensor/random.ts). */
+export const makeRng = uniformRng;
 
 export function argmax(x: ArrayLike<number>): number {
   let best = 0;

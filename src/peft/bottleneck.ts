@@ -22,6 +22,7 @@ import { Act, native } from '../native/index.js';
 import { activation, add, allocF32, f32Weight, linear, Tensor } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { registerAdapterLoader, type TensorMap } from './registry.js';
+import { uniformRng } from '../tensor/random.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 
 export type BottleneckPlacement = 'houlsby' | 'pfeiffer';
@@ -95,16 +96,6 @@ export function bottleneckKey(layer: number, site: BottleneckSite): string {
   return `base_model.model.model.layers.${layer}.${site}_adapter`;
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export class BottleneckAdapter implements AdapterMethod {
   readonly peftType = 'BOTTLENECK' as const;
@@ -127,7 +118,7 @@ export class BottleneckAdapter implements AdapterMethod {
     for (const i of layers) if (!model.layers.some((l) => l.index === i))
       throw new PeftError('layers_to_transform names a layer the model does not have', { field: 'layers_to_transform', expected: `0..${model.layers.length - 1}`, found: String(i) });
     const sites: BottleneckSite[] = cfg.placement === 'houlsby' ? ['attention', 'mlp'] : ['mlp'];
-    const r0 = rng(seed);
+    const r0 = uniformRng(seed);
     const bound = 1 / Math.sqrt(H); // nn.Linear: kaiming_uniform_(a=√5) → 1/√fan_in; bias U(±1/√fan_in)
     for (const layer of model.layers) {
       if (!layers.includes(layer.index)) continue;

@@ -16,6 +16,7 @@ import { native } from '../native/index.js';
 import { f32Weight, mulFeatures, Tensor, weightToF32 } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { registerAdapterLoader, type TensorMap } from './registry.js';
+import { normalRng } from '../tensor/random.js';
 import { isTargeted, moduleSuffixes } from './inject.js';
 import { peftKey } from './lora.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
@@ -91,18 +92,6 @@ export interface Ia3Layer {
   merged: boolean;
 }
 
-/** Deterministic N(0, 1) draws for init_ia3_weights = false. */
-function gaussianRng(seed: number): () => number {
-  let a = seed >>> 0;
-  const u = (): number => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return () => Math.sqrt(-2 * Math.log(Math.max(u(), 1e-12))) * Math.cos(2 * Math.PI * u());
-}
 
 export class Ia3Adapter implements AdapterMethod {
   readonly peftType = 'IA3' as const;
@@ -128,7 +117,7 @@ export class Ia3Adapter implements AdapterMethod {
     // PEFT saves 'all-linear' resolved to the full module paths
     this.targetModules = typeof targets === 'string' && targets.toLowerCase() === 'all-linear' ? modules.map((m) => m.name) : targets;
     this.feedforwardModules = ff;
-    const rnd = gaussianRng(seed);
+    const rnd = normalRng(seed);
     for (const m of modules) {
       // PEFT `_check_target_module_feedforward`: a regex must match the whole name; list entries are plain suffixes
       const feedforward = typeof ff === 'string' ? new RegExp(`^(?:${ff})$`).test(m.name) : ff.some((k) => m.name.endsWith(k));

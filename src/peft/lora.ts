@@ -16,6 +16,7 @@ import {
 import { DEFAULT_LORA_TARGETS, parseLoraConfig, type LoraConfig } from './config.js';
 import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
+import { gaussian, uniformRng } from '../tensor/random.js';
 import { registerAdapterLoader, type TensorMap } from './registry.js';
 
 /** The LoRA branch on one linear module. */
@@ -40,22 +41,6 @@ export function peftKey(moduleName: string): string {
   return `base_model.model.${moduleName}`;
 }
 
-/** Deterministic uniform generator for initialisation. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function gaussian(r: () => number): number {
-  const u = Math.max(r(), 1e-12);
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r());
-}
 
 /** Row-range view [start, end) of a [rows, cols] tensor's data. */
 function rowsOf(t: Tensor, rows: RowRange): Float32Array {
@@ -78,7 +63,7 @@ export class LoraAdapter implements AdapterMethod {
       throw new PeftError('target_modules matched no linear layer', {
         field: 'target_modules', expected: `names such as ${moduleSuffixes(linearModules(model)).join(', ')}`, found: JSON.stringify(targets),
       });
-    const r0 = rng(seed);
+    const r0 = uniformRng(seed);
     for (const m of modules) {
       const rk = patternKey(cfg.rank_pattern, m.name);
       const ak = patternKey(cfg.alpha_pattern, m.name);

@@ -22,6 +22,7 @@ import { defaultPositions } from '../models/llama.js';
 import { f32Weight, gradOf, linear, noGrad, record, repeatBatch, Tensor, withArena } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { registerAdapterLoader, type TensorMap } from './registry.js';
+import { fillNormal, uniformRng } from '../tensor/random.js';
 import type { AdapterMethod, NamedTensor } from './types.js';
 
 /** Prefix-tuning settings with PEFT's PrefixTuningConfig keys (adapter_config.json). */
@@ -129,23 +130,7 @@ export function sliceCols(x: Tensor, start: number, width: number): Tensor {
   });
 }
 
-/** Deterministic uniform [0, 1) generator. */
-function uniformRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-/** Fills a with N(0, 1) draws (torch's nn.Embedding default init). */
-export function fillNormal(a: Float32Array, seed: number): void {
-  const u = uniformRng(seed);
-  for (let i = 0; i < a.length; i++) a[i] = Math.sqrt(-2 * Math.log(Math.max(u(), 1e-12))) * Math.cos(2 * Math.PI * u());
-}
 
 /** PyTorch's nn.Linear default init: weight and bias U(±1/√fan_in). */
 function linearInit(out: number, inp: number, u: () => number): { w: Tensor; b: Tensor } {

@@ -20,7 +20,8 @@ import type { Batch, CausalLM, ForwardContext } from '../models/llama.js';
 import { concatSeq, repeatBatch, Tensor, weightToF32 } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { registerAdapterLoader } from './registry.js';
-import { fillNormal, requiredVirtualTokens, takePromptTensor } from './prefix.js';
+import { requiredVirtualTokens, takePromptTensor } from './prefix.js';
+import { fillNormal } from '../tensor/random.js';
 import type { AdapterMethod, NamedTensor } from './types.js';
 
 export type PromptTuningInit = 'RANDOM' | 'TEXT' | 'SAMPLE_VOCAB';

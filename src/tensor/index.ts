@@ -10,3 +10,4 @@ export { activation, dropout, swiglu } from './ops/activation.js';
 export { add, concatSeq, mulFeatures, repeatBatch, scale } from './ops/elementwise.js';
 export { embedding } from './ops/embedding.js';
 export { crossEntropy, IGNORE_INDEX, linearCrossEntropy, type LossResult } from './ops/loss.js';
+export { fillNormal, gaussian, normalRng, uniformRng } from './random.js';
