@@ -138,17 +138,7 @@ interface TensorInfo {
  * a hole is left between tensors; or bytes follow the last tensor.
  */
 export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsContents {
-  const headerLength = readHeaderLength(bytes, file);
-  const header = decodeHeader(bytes.subarray(8, 8 + headerLength), file);
-  const dataStart = 8 + headerLength;
-  const dataLength = bytes.byteLength - dataStart;
-  let metadata: Record<string, string> = {};
-  const infos: TensorInfo[] = [];
-  for (const [key, value] of Object.entries(header)) {
-    if (key === '__metadata__') metadata = parseMetadata(value, file);
-    else infos.push(parseTensorInfo(key, value, dataLength, file));
-  }
-  checkLayout(infos, dataLength, file);
+  const { metadata, infos, dataStart } = parseHeader(bytes, bytes.byteLength, file);
   const tensors = new Map<string, TensorEntry>();
   for (const t of infos) {
     const data = bytes.subarray(dataStart + t.begin, dataStart + t.end);
@@ -157,14 +147,97 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsCo
   return { tensors, metadata };
 }
 
+/** Header checks shared by the in-memory and the per-tensor reader; `prefix` holds at least the 8 + N header bytes. */
+function parseHeader(prefix: Uint8Array, fileSize: number, file: string): { metadata: Record<string, string>; infos: TensorInfo[]; dataStart: number } {
+  const headerLength = readHeaderLength(prefix, file, fileSize);
+  const header = decodeHeader(prefix.subarray(8, 8 + headerLength), file);
+  const dataStart = 8 + headerLength;
+  const dataLength = fileSize - dataStart;
+  let metadata: Record<string, string> = {};
+  const infos: TensorInfo[] = [];
+  for (const [key, value] of Object.entries(header)) {
+    if (key === '__metadata__') metadata = parseMetadata(value, file);
+    else infos.push(parseTensorInfo(key, value, dataLength, file));
+  }
+  checkLayout(infos, dataLength, file);
+  return { metadata, infos, dataStart };
+}
+
+/**
+ * Like {@link readSafetensorsFile} (the same checks, the same errors) but reads only the header
+ * up front: each tensor's `data` is read from disk on first access, into a buffer of its own, so
+ * loading a model never holds the whole file and a copy of it at once.
+ */
+export function readSafetensorsLazy(path: string): SafetensorsContents {
+  const fd = openExisting(path);
+  let size: number;
+  let prefix: Uint8Array;
+  try {
+    size = fstatSync(fd).size;
+    const head = readAt(fd, 0, Math.min(8, size), path);
+    const n = size >= 8 ? Number(new DataView(head.buffer).getBigUint64(0, true)) : 0;
+    prefix = size >= 8 && n <= MAX_HEADER_BYTES && 8 + n <= size ? readAt(fd, 0, 8 + n, path) : head;
+  } finally {
+    closeSync(fd);
+  }
+  const { metadata, infos, dataStart } = parseHeader(prefix, size, path);
+  const tensors = new Map<string, TensorEntry>();
+  for (const t of infos) {
+    let cache: Uint8Array | undefined;
+    tensors.set(t.name, {
+      name: t.name, dtype: t.dtype, shape: t.shape, file: path,
+      get data(): Uint8Array {
+        if (cache === undefined) {
+          const f = openExisting(path);
+          try {
+            cache = readAt(f, dataStart + t.begin, t.end - t.begin, path);
+          } finally {
+            closeSync(f);
+          }
+        }
+        return cache;
+      },
+    });
+  }
+  return { tensors, metadata };
+}
+
+/** Opens a file for reading; a missing file or a directory is a PeftError naming it. */
+function openExisting(path: string): number {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new PeftError('file not found', { file: path, expected: 'a safetensors file', found: 'nothing' });
+    throw err;
+  }
+  if (fstatSync(fd).isDirectory()) {
+    closeSync(fd);
+    throw new PeftError('is a directory', { file: path, expected: 'a safetensors file', found: 'a directory' });
+  }
+  return fd;
+}
+
+/** Reads `length` bytes at `position` into a new buffer of exactly that size. */
+function readAt(fd: number, position: number, length: number, path: string): Uint8Array {
+  const out = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = readSync(fd, out, done, Math.min(length - done, 2 ** 30), position + done);
+    if (n === 0) throw new PeftError('file truncated', { file: path, expected: `${length} bytes at offset ${position}`, found: `${done} bytes` });
+    done += n;
+  }
+  return out;
+}
+
 /** The u64 header length N, checked against the file size and the reference's 100 MB cap. */
-function readHeaderLength(bytes: Uint8Array, file: string): number {
-  if (bytes.byteLength < 8) {
+function readHeaderLength(bytes: Uint8Array, file: string, fileSize = bytes.byteLength): number {
+  if (fileSize < 8 || bytes.byteLength < 8) {
     throw new PeftError('file truncated: no room for the 8-byte header length', {
       file,
       field: 'header length',
       expected: 'at least 8 bytes',
-      found: `${bytes.byteLength} bytes`,
+      found: `${fileSize} bytes`,
     });
   }
   const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
@@ -177,11 +250,11 @@ function readHeaderLength(bytes: Uint8Array, file: string): number {
     });
   }
   const length = Number(n);
-  if (8 + length > bytes.byteLength) {
+  if (8 + length > fileSize) {
     throw new PeftError('header length runs past the end of the file', {
       file,
       field: 'header length',
-      expected: `at most ${bytes.byteLength - 8} bytes (file is ${bytes.byteLength} bytes)`,
+      expected: `at most ${fileSize - 8} bytes (file is ${fileSize} bytes)`,
       found: `${length} bytes`,
     });
   }
@@ -368,18 +441,20 @@ function readInChunks(fd: number, size: number): Uint8Array {
  * transformers does, it wins), else the shards listed by `model.safetensors.index.json`
  * (`{"metadata": ..., "weight_map": {tensorName: "model-00001-of-00002.safetensors"}}`), each shard
  * read once. For a sharded checkpoint the result holds exactly the weight_map's tensors, in its
- * order. Tensor data are views into each file's buffer.
+ * order. Tensor data are views into each file's buffer, or, with `lazy`, read per tensor on first
+ * access ({@link readSafetensorsLazy}).
  *
  * Throws a {@link PeftError}: naming `dir` when neither file exists; naming the index when it is
  * not JSON, has no `weight_map` object, or maps a tensor to a non-string or a path that is not a
  * plain file name; naming the shard and the tensor when a listed tensor is missing from its shard;
  * and any error of {@link readSafetensorsFile} for a missing or malformed shard.
  */
-export function readModelWeights(dir: string): Map<string, TensorEntry> {
+export function readModelWeights(dir: string, opts: { lazy?: boolean } = {}): Map<string, TensorEntry> {
+  const read = opts.lazy ? readSafetensorsLazy : readSafetensorsFile;
   const single = join(dir, 'model.safetensors');
-  if (existsSync(single)) return readSafetensorsFile(single).tensors;
+  if (existsSync(single)) return read(single).tensors;
   const index = join(dir, 'model.safetensors.index.json');
-  if (existsSync(index)) return readShardedWeights(dir, readWeightMap(index));
+  if (existsSync(index)) return readShardedWeights(dir, readWeightMap(index), read);
   throw new PeftError('no safetensors weights found', {
     file: dir,
     expected: 'model.safetensors or model.safetensors.index.json',
@@ -420,13 +495,13 @@ function readWeightMap(indexPath: string): Map<string, string> {
 }
 
 /** Loads each shard once and picks the tensors the weight map assigns to it. */
-function readShardedWeights(dir: string, weightMap: Map<string, string>): Map<string, TensorEntry> {
+function readShardedWeights(dir: string, weightMap: Map<string, string>, read: (path: string) => SafetensorsContents): Map<string, TensorEntry> {
   const shards = new Map<string, Map<string, TensorEntry>>();
   const out = new Map<string, TensorEntry>();
   for (const [tensor, shard] of weightMap) {
     let contents = shards.get(shard);
     if (contents === undefined) {
-      contents = readSafetensorsFile(join(dir, shard)).tensors;
+      contents = read(join(dir, shard)).tensors;
       shards.set(shard, contents);
     }
     const entry = contents.get(tensor);

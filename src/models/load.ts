@@ -34,9 +34,10 @@ function take(weights: Weights, name: string, shape: number[], dir: string): Ten
 }
 
 function f32Tensor(e: TensorEntry, requiresGrad = false): Tensor {
-  // copy: the loaded model must own its memory (the file buffer may be a shared view)
+  // a view into a larger buffer (a whole file read at once) is copied, so the model owns exactly its memory
   const data = toFloat32(e);
-  return Tensor.param(data.buffer === e.data.buffer ? data.slice() : data, e.shape, requiresGrad);
+  const shared = data.buffer === e.data.buffer && data.byteLength !== data.buffer.byteLength;
+  return Tensor.param(shared ? data.slice() : data, e.shape, requiresGrad);
 }
 
 function weightOf(e: TensorEntry, opts: LoadOptions): Weight {
@@ -115,6 +116,7 @@ export function buildModel(config: ModelConfig, weights: Weights, dir: string, o
 /** Loads a causal LM from a Hugging Face model directory. */
 export function loadModel(dir: string, opts: LoadOptions = {}): CausalLM {
   const config = loadConfig(dir);
-  const weights = readModelWeights(dir);
+  // per-tensor reads: the peak is the model itself, not the file plus a copy
+  const weights = readModelWeights(dir, { lazy: true });
   return buildModel(config, weights, dir, opts);
 }

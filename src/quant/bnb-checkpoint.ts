@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { replaceDirAtomic, writeFileAtomic } from '../io/atomic.js';
-import { writeSafetensorsFile, type TensorEntry, type TensorToWrite } from '../io/safetensors.js';
+import { readModelWeights, writeSafetensorsFile, type TensorEntry, type TensorToWrite } from '../io/safetensors.js';
 import { loadConfig } from '../models/config.js';
 import type { CausalLM, LinearModule } from '../models/llama.js';
 import { buildModel, loadModel, type LoadOptions } from '../models/load.js';
@@ -28,7 +28,7 @@ import {
   type Quant4, type QuantStateInfo, type QuantType4,
 } from './nf4.js';
 import {
-  decoderLinears, fromQ4Native, isBnbQuantizedConfig, q4QuantType, q4SourceDtype, readModelWeightsLazy, setQ4Meta, toQ4Native,
+  decoderLinears, fromQ4Native, isBnbQuantizedConfig, q4QuantType, q4SourceDtype, setQ4Meta, toQ4Native,
 } from './quantize-model.js';
 
 /** The 4-bit settings a checkpoint's config.json declares. */
@@ -108,7 +108,7 @@ export function loadBnbCheckpoint(dir: string, opts: LoadBnbOptions = {}): Causa
   if (readBnbQuantizationConfig(dir) === null) {
     throw new PeftError('not a bitsandbytes 4-bit checkpoint', { file: join(dir, 'config.json'), field: 'quantization_config', expected: 'quant_method "bitsandbytes" with load_in_4bit', found: 'none' });
   }
-  const weights = readModelWeightsLazy(dir);
+  const weights = readModelWeights(dir, { lazy: true });
   // group the quantization tensors by module prefix
   const states = new Map<string, TensorEntry>();
   const components = new Map<string, string[]>();

@@ -9,20 +9,14 @@
  *   read. Embeddings, norms, biases and `lm_head` stay float32 (as transformers / QLoRA do).
  * - {@link quantizationReport}: exact storage accounting.
  *
- * Load-time memory. `loadModel` (src/models/load.ts) reads each safetensors file into ONE buffer
- * (`readModelWeights` → `readSafetensorsFile`); every tensor entry is a view into it, so the whole
- * file stays alive until `buildModel` returns — for a float32 checkpoint that is a full float32 copy
- * of all linear weights, on top of the quantized weights being built (and `weightOf` copies each
- * tensor once more before the transform sees it). {@link loadModelQuantized} therefore does not use
- * `readModelWeights`: {@link readModelWeightsLazy} parses only the headers and gives entries whose
- * `data` is read from disk (one `readSync` of that tensor's byte range) when `buildModel` first
- * touches it. Each linear weight is read, quantized and dropped before the next one is read, so the
- * peak is the quantized model + the float32 non-linear weights + a few copies of ONE tensor.
+ * Load-time memory: weights are read per tensor (`readModelWeights(dir, { lazy: true })`, which
+ * parses only the headers and reads each tensor's bytes on first access), so each linear weight is
+ * read, quantized and dropped before the next one is read: the peak is the quantized model + the
+ * float32 non-linear weights + a few copies of ONE tensor.
  */
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { PeftError } from '../errors.js';
-import { isDType, type DType, type TensorEntry } from '../io/safetensors.js';
+import { readModelWeights, type DType } from '../io/safetensors.js';
 import { loadConfig } from '../models/config.js';
 import type { CausalLM, LinearModule } from '../models/llama.js';
 import { buildModel, type LoadOptions } from '../models/load.js';
@@ -180,157 +174,6 @@ export function quantizeModel(model: CausalLM, opts: QuantizeOptions = {}): numb
   return n;
 }
 
-// ------------------------------------------------------------------------------------------------
-// per-tensor (lazy) safetensors reading
-// ------------------------------------------------------------------------------------------------
-
-const DTYPE_BYTES: Readonly<Record<DType, number>> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1, U16: 2, U32: 4, U64: 8,
-};
-
-/** Reads `length` bytes at `position` of `file` into a new buffer of exactly that size. */
-function readRange(file: string, position: number, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  const fd = openSync(file, 'r');
-  try {
-    let done = 0;
-    while (done < length) {
-      const n = readSync(fd, out, done, Math.min(length - done, 2 ** 30), position + done);
-      if (n === 0) throw new PeftError('file truncated', { file, expected: `${length} bytes at offset ${position}`, found: `${done}` });
-      done += n;
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return out;
-}
-
-/**
- * Parses the header of one safetensors file (the same checks as `parseSafetensors` in
- * src/io/safetensors.ts: header size, JSON, dtype, shape, byte length = shape × dtype size, tensors
- * tiling the data section) WITHOUT reading the data. Each entry's `data` is read from disk on first
- * access and cached in the entry, so it lives only as long as the entry does.
- * @throws PeftError naming the file and the field / tensor.
- */
-export function readSafetensorsLazy(file: string): Map<string, TensorEntry> {
-  let fd: number;
-  try {
-    fd = openSync(file, 'r');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new PeftError('file not found', { file, expected: 'a safetensors file', found: 'nothing' });
-    throw e;
-  }
-  let size: number;
-  try {
-    const st = fstatSync(fd);
-    if (st.isDirectory()) throw new PeftError('is a directory', { file, expected: 'a safetensors file', found: 'a directory' });
-    size = st.size;
-  } finally {
-    closeSync(fd);
-  }
-  if (size < 8) throw new PeftError('file truncated: no room for the 8-byte header length', { file, field: 'header length', found: `${size} bytes` });
-  const lenBuf = readRange(file, 0, 8);
-  const n = new DataView(lenBuf.buffer).getBigUint64(0, true);
-  if (n > 100_000_000n || 8n + n > BigInt(size)) {
-    throw new PeftError('bad header length', { file, field: 'header length', expected: `at most ${Math.min(100_000_000, size - 8)} bytes`, found: `${n} bytes` });
-  }
-  const hbytes = readRange(file, 8, Number(n));
-  const dataStart = 8 + hbytes.length;
-  let v: unknown;
-  try {
-    v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(hbytes));
-  } catch (e) {
-    throw new PeftError('header is not UTF-8 JSON', { file, field: 'header', found: (e as Error).message });
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new PeftError('header is not a JSON object', { file, field: 'header' });
-  const header = v as Record<string, unknown>;
-  const dataLength = size - dataStart;
-  const infos: Array<{ name: string; dtype: DType; shape: number[]; begin: number; end: number }> = [];
-  for (const [name, value] of Object.entries(header)) {
-    if (name === '__metadata__') continue;
-    const t = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown } | null;
-    if (typeof t !== 'object' || t === null) throw new PeftError('tensor entry is not an object', { file, field: name });
-    if (!isDType(t.dtype)) throw new PeftError('unknown dtype', { file, field: `${name}.dtype`, found: JSON.stringify(t.dtype) });
-    const shape = t.shape;
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw new PeftError('bad shape', { file, field: `${name}.shape`, expected: 'an array of non-negative integers', found: JSON.stringify(shape) });
-    }
-    const off = t.data_offsets;
-    if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isSafeInteger(d) && d >= 0) || off[0] > off[1] || off[1] > dataLength) {
-      throw new PeftError('bad data_offsets', { file, field: `${name}.data_offsets`, expected: `[begin, end] within the ${dataLength}-byte data section`, found: JSON.stringify(off) });
-    }
-    const bytes = (shape as number[]).reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
-    if (off[1] - off[0] !== bytes) {
-      throw new PeftError('byte length does not match shape and dtype', { file, field: name, expected: `${bytes} bytes`, found: `${off[1] - off[0]} bytes` });
-    }
-    infos.push({ name, dtype: t.dtype, shape: shape as number[], begin: off[0] as number, end: off[1] as number });
-  }
-  infos.sort((a, b) => a.begin - b.begin || a.end - b.end);
-  let cursor = 0;
-  for (const t of infos) {
-    if (t.begin !== cursor) {
-      throw new PeftError(t.begin < cursor ? 'tensors overlap' : 'hole in the data section before tensor', { file, field: t.name, expected: `data to start at byte ${cursor}`, found: `${t.begin}` });
-    }
-    cursor = t.end;
-  }
-  if (cursor !== dataLength) throw new PeftError('trailing bytes after the last tensor', { file, field: 'data section', expected: `${cursor} bytes`, found: `${dataLength} bytes` });
-  const out = new Map<string, TensorEntry>();
-  for (const t of infos) out.set(t.name, lazyEntry(file, t.name, t.dtype, t.shape, dataStart + t.begin, t.end - t.begin));
-  return out;
-}
-
-function lazyEntry(file: string, name: string, dtype: DType, shape: number[], position: number, length: number): TensorEntry {
-  let cache: Uint8Array | undefined;
-  return {
-    name, dtype, shape, file,
-    get data(): Uint8Array {
-      if (cache === undefined) cache = readRange(file, position, length);
-      return cache;
-    },
-  };
-}
-
-/**
- * `readModelWeights` (src/io/safetensors.ts) without reading any tensor data up front: the same
- * file choice (`model.safetensors`, else the shards of `model.safetensors.index.json`), entries
- * from {@link readSafetensorsLazy}.
- * @throws PeftError naming the directory, index or shard and tensor.
- */
-export function readModelWeightsLazy(dir: string): Map<string, TensorEntry> {
-  const single = join(dir, 'model.safetensors');
-  if (existsSync(single)) return readSafetensorsLazy(single);
-  const index = join(dir, 'model.safetensors.index.json');
-  if (!existsSync(index)) {
-    throw new PeftError('no safetensors weights found', { file: dir, expected: 'model.safetensors or model.safetensors.index.json', found: 'neither' });
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(readFileSync(index, 'utf8'));
-  } catch (e) {
-    throw new PeftError('index is not valid JSON', { file: index, found: (e as Error).message });
-  }
-  const wm = (parsed as { weight_map?: unknown } | null)?.weight_map;
-  if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) {
-    throw new PeftError('index has no weight_map object', { file: index, field: 'weight_map', expected: 'an object {tensorName: shardFile}' });
-  }
-  const shards = new Map<string, Map<string, TensorEntry>>();
-  const out = new Map<string, TensorEntry>();
-  for (const [tensor, shard] of Object.entries(wm as Record<string, unknown>)) {
-    if (typeof shard !== 'string' || shard !== basename(shard) || shard === '.' || shard === '..') {
-      throw new PeftError('bad shard file name', { file: index, field: `weight_map.${tensor}`, expected: 'a file name in the same directory', found: JSON.stringify(shard) });
-    }
-    let contents = shards.get(shard);
-    if (!contents) {
-      contents = readSafetensorsLazy(join(dir, shard));
-      shards.set(shard, contents);
-    }
-    const e = contents.get(tensor);
-    if (!e) throw new PeftError('tensor listed in model.safetensors.index.json is missing from its shard', { file: join(dir, shard), field: tensor });
-    out.set(tensor, e);
-  }
-  return out;
-}
-
 /** The torch dtype name of a safetensors dtype, for the quant state ('float32' for anything else). */
 export function torchDtypeOf(d: DType): TorchDtypeName {
   return d === 'BF16' ? 'bfloat16' : d === 'F16' ? 'float16' : 'float32';
@@ -365,7 +208,7 @@ export function loadModelQuantized(dir: string, opts: LoadQuantizedOptions = {})
       file: join(dir, 'config.json'), field: 'quantization_config', expected: 'a float checkpoint (load this one with loadBnbCheckpoint)',
     });
   }
-  const weights = readModelWeightsLazy(dir);
+  const weights = readModelWeights(dir, { lazy: true });
   const dtypes = new Map<string, DType>();
   for (const [name, e] of weights) dtypes.set(name, e.dtype);
   return buildModel(config, weights, dir, {
