@@ -76,7 +76,7 @@ void swiglu_backward(const float* g, const float* u, const float* dy, float* dg,
 // Softmax cross-entropy over logits [N, V] with integer labels; label == ignore_index contributes
 // nothing. Returns the summed loss (float64) and writes the count of counted rows. When dlogits is
 // non-null it receives (softmax - onehot) * grad_scale for counted rows and 0 for ignored rows
-// (dlogits may alias logits). Returns NaN... never: a label outside [0, V) is reported through
+// (dlogits may alias logits). A label outside [0, V) that is not ignore_index is reported through
 // bad_row (>= 0) and nothing is written.
 double cross_entropy(const float* logits, const int32_t* labels, int64_t N, int64_t V, int32_t ignore_index,
                      float* dlogits, float grad_scale, int64_t* count, int64_t* bad_row);

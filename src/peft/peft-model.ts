@@ -173,14 +173,6 @@ export class PeftModel {
       return { embeds, batch };
     });
   }
-
-  /** Virtual tokens the active adapters prepend (prompt tuning), so callers can align labels. */
-  virtualTokens(ctx?: ForwardContext): number {
-    if (this.disabled || ctx?.rowAdapters) return 0;
-    let n = 0;
-    for (const name of this.active) n += this.get(name).virtualTokens?.() ?? 0;
-    return n;
-  }
 }
 
 /**
