@@ -7,7 +7,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { PeftError } from '../errors.js';
 import { combineLoraDetailed, LORA_COMBINATIONS, type LoraCombination } from '../peft/combine.js';
 import { LoraAdapter, loadAdapter, PeftModel, saveAdapter } from '../peft/index.js';
-import { adapterBase } from './merge.js';
+import { adapterBase } from './model.js';
 import { openModel } from './model.js';
 import { float, int, list, withConfigFile } from './options.js';
 

@@ -1,16 +1,15 @@
 /** `peft eval`: mean loss per target token and perplexity of a model (and adapter) on a data file. */
 import { Command } from 'commander';
 import { loadTokenizer } from '../io/tokenizer.js';
-import { DEFAULT_MODEL } from '../paths.js';
 import { evaluateFile } from '../train/run.js';
 import { attachAdapterForInference } from './adapters.js';
-import { openModel } from './model.js';
-import { int, withConfigFile } from './options.js';
+import { openModelFor } from './model.js';
+import { int, requireOptions, withConfigFile } from './options.js';
 
 export function evalCommand(): Command {
   const cmd = new Command('eval')
     .description('mean next-token loss per target token (nats) and perplexity on a data file')
-    .requiredOption('--data <file>', 'data file (.txt, .jsonl, .json)')
+    .option('--data <file>', 'data file (.txt, .jsonl, .json) (required)')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled stories260K)')
     .option('--adapter <dir>', 'PEFT adapter directory to apply')
     .option('--quantize <type>', 'quantize the base linear weights on load (nf4 | fp4), as for a QLoRA adapter')
@@ -26,8 +25,8 @@ export function evalCommand(): Command {
       data: string; model?: string; adapter?: string; quantize?: string; maxSeqLength: number; batchSize: number;
       textSplit: 'blocks' | 'paragraphs'; maxExamples: number; skipBadLines?: boolean; json?: boolean;
     };
-    const dir = o.model ?? DEFAULT_MODEL;
-    const model = openModel(dir, o.quantize);
+    requireOptions(o as unknown as Record<string, unknown>, ['data']);
+    const { model, dir } = openModelFor(o.adapter, o.model, o.quantize);
     const tok = loadTokenizer(dir);
     if (o.adapter) attachAdapterForInference(model, o.adapter);
     const r = evaluateFile(model, tok, o.data, { maxSeqLength: o.maxSeqLength, batchSize: o.batchSize, textSplit: o.textSplit, skipBadLines: o.skipBadLines, maxExamples: o.maxExamples });

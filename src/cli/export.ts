@@ -6,7 +6,7 @@
 import { Command, Option } from 'commander';
 import { PeftError } from '../errors.js';
 import { exportLoraGguf, type GgufDtype } from '../export/gguf-lora.js';
-import { adapterBase } from './merge.js';
+import { adapterBase } from './model.js';
 import { withConfigFile } from './options.js';
 
 export const EXPORT_FORMATS = ['gguf'] as const;

@@ -2,15 +2,14 @@
 import { Command } from 'commander';
 import { generate } from '../generate/generate.js';
 import { loadTokenizer } from '../io/tokenizer.js';
-import { openModel } from './model.js';
-import { DEFAULT_MODEL } from '../paths.js';
-import { float, int, intList, withConfigFile } from './options.js';
+import { openModelFor } from './model.js';
+import { float, int, intList, requireOptions, withConfigFile } from './options.js';
 import { attachAdapterForInference } from './adapters.js';
 
 export function generateCommand(): Command {
   const cmd = new Command('generate')
     .description('generate a continuation of a prompt (streams to stdout)')
-    .requiredOption('--prompt <text>', 'prompt text')
+    .option('--prompt <text>', 'prompt text (required)')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled stories260K)')
     .option('--adapter <dir>', 'PEFT adapter directory to apply')
     .option('--max-new-tokens <n>', 'most tokens to generate', int('--max-new-tokens'), 64)
@@ -26,9 +25,9 @@ export function generateCommand(): Command {
       prompt: string; model?: string; adapter?: string; maxNewTokens: number; temperature: number; topK: number;
       topP: number; seed: number; stopIds?: number[]; quantize?: string;
     };
-    const dir = o.model ?? DEFAULT_MODEL;
+    requireOptions(o as unknown as Record<string, unknown>, ['prompt']);
+    const { model, dir } = openModelFor(o.adapter, o.model, o.quantize);
     const tok = loadTokenizer(dir);
-    const model = openModel(dir, o.quantize);
     const setup = o.adapter ? attachAdapterForInference(model, o.adapter) : {};
     const ids = tok.encode(o.prompt);
     let printed = tok.decode(ids);

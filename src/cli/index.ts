@@ -31,14 +31,23 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv = process.argv): Promise<void> {
+  // a closed pipe (`peft generate … | head`) ends the output quietly
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
+    const errno = e as NodeJS.ErrnoException;
     if (e instanceof PeftError || e instanceof RangeError) {
       process.stderr.write(`peft: error: ${e.message}\n`);
-      process.exitCode = 1;
-      return;
+    } else if (typeof errno?.code === 'string' && typeof errno.syscall === 'string') {
+      // file-system errors (EEXIST, EISDIR, ENOENT, EACCES, ENOSPC…): the message names the path
+      process.stderr.write(`peft: error: ${errno.message}\n`);
+    } else {
+      throw e;
     }
-    throw e;
+    process.exitCode = 1;
   }
 }

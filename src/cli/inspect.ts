@@ -3,11 +3,10 @@ import { Command } from 'commander';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { linearModules, namedParameters } from '../models/llama.js';
-import { DEFAULT_MODEL } from '../paths.js';
 import { quantizationReport } from '../quant/quantize-model.js';
 import { weightBytes } from '../tensor/index.js';
 import { attachAdapterForInference } from './adapters.js';
-import { openModel } from './model.js';
+import { openModelFor } from './model.js';
 import { withConfigFile } from './options.js';
 
 export function inspectCommand(): Command {
@@ -20,8 +19,7 @@ export function inspectCommand(): Command {
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action((raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as { model?: string; adapter?: string; quantize?: string; json?: boolean };
-    const dir = o.model ?? DEFAULT_MODEL;
-    const model = openModel(dir, o.quantize);
+    const { model, dir } = openModelFor(o.adapter, o.model, o.quantize);
     const c = model.config;
     let params = 0, bytes = 0;
     for (const p of namedParameters(model)) { params += p.tensor.size; bytes += p.tensor.data.byteLength; }

@@ -5,38 +5,22 @@
  * re-quantized to 4 bits only with --requantize, which reports the error that adds.
  */
 import { Command } from 'commander';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
 import { loadTokenizer } from '../io/tokenizer.js';
 import { mergeAdapter } from '../peft/merge.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { evaluateFile } from '../train/run.js';
-import { openModel } from './model.js';
-import { int, withConfigFile } from './options.js';
-
-/** The base model an adapter was trained on: --model, else base_model_name_or_path when it is a directory, else the bundled model. */
-export function adapterBase(adapterDir: string, model?: string): { dir: string; quantize?: string } {
-  let quantize: string | undefined;
-  const args = join(adapterDir, 'train_args.json');
-  if (existsSync(args)) {
-    const a = JSON.parse(readFileSync(args, 'utf8')) as { method?: string; quantType?: string; model?: string };
-    if (a.method === 'qlora') quantize = a.quantType ?? 'nf4';
-    if (!model && a.model) model = a.model;
-  }
-  if (!model) {
-    const cfgFile = join(adapterDir, 'adapter_config.json');
-    const base = existsSync(cfgFile) ? (JSON.parse(readFileSync(cfgFile, 'utf8')) as { base_model_name_or_path?: string }).base_model_name_or_path : undefined;
-    model = base && existsSync(join(base, 'config.json')) ? base : DEFAULT_MODEL;
-  }
-  return { dir: model, quantize };
-}
+import { adapterBase, openModel } from './model.js';
+import { int, requireOptions, withConfigFile } from './options.js';
+import { checkOutputDir } from './paths-check.js';
 
 export function mergeCommand(): Command {
   const cmd = new Command('merge')
     .description('merge a LoRA adapter into the base model and write a full-precision Hugging Face model directory')
-    .requiredOption('--adapter <dir>', 'LoRA adapter directory')
-    .requiredOption('--output <dir>', 'output model directory')
+    .option('--adapter <dir>', 'LoRA adapter directory (required)')
+    .option('--output <dir>', 'output model directory (required)')
     .option('--model <dir>', 'base model directory (default: from the adapter, else the bundled stories260K)')
     .option('--quantize <type>', 'the adapter was trained over this 4-bit base (nf4 | fp4); read from train_args.json when present')
     .option('--requantize', 'write the merged model back in 4 bits (bitsandbytes layout) and report the error this adds')
@@ -45,14 +29,16 @@ export function mergeCommand(): Command {
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action((raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as { adapter: string; output: string; model?: string; quantize?: string; requantize?: boolean; evalData?: string; maxSeqLength: number };
+    requireOptions(o as unknown as Record<string, unknown>, ['adapter', 'output']);
     const base = adapterBase(o.adapter, o.model);
+    checkOutputDir(o.output, [{ path: base.dir, what: 'base model' }, { path: o.adapter, what: 'adapter being merged' }]);
     const quantize = o.quantize ?? base.quantize;
     const model = openModel(base.dir, quantize);
     const r = mergeAdapter(model, o.adapter, o.output, {
       requantize: Boolean(o.requantize),
       evaluate: o.evalData ? (m) => evaluateFile(m, loadTokenizer(base.dir ?? DEFAULT_MODEL), o.evalData!, { maxSeqLength: o.maxSeqLength }).loss : undefined,
     });
-    process.stdout.write(`merged ${r.mergedLayers} LoRA layers into ${base.dir}${r.dequantized ? ' (4-bit base dequantized, merged in float32)' : ''}\n`);
+    process.stdout.write(`merged ${r.mergedLayers} LoRA layers with the base ${base.dir}${r.dequantized ? ' (4-bit base dequantized, merged in float32)' : ''}\n`);
     if (r.requantization) {
       const q = r.requantization;
       process.stdout.write(`re-quantized to ${q.quantType}: max |Δw| ${q.maxAbsChange.toExponential(3)}, mean |Δw| ${q.meanAbsChange.toExponential(3)}`);

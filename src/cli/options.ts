@@ -70,3 +70,16 @@ export function withConfigFile<T extends Record<string, unknown>>(cmd: Command, 
   }
   return merged as T;
 }
+
+/**
+ * Options a command needs, given either as flags or in its --config file (commander's
+ * requiredOption would reject a value that only the file gives). Throws naming the flag.
+ */
+export function requireOptions(o: Record<string, unknown>, names: string[]): void {
+  for (const n of names) {
+    if (o[n] === undefined || o[n] === null || o[n] === '') {
+      const flag = '--' + n.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+      throw new PeftError(`missing required option ${flag}`, { field: flag, expected: `${flag} on the command line or ${n.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())}: in the --config file` });
+    }
+  }
+}

@@ -4,6 +4,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { DEFAULT_MODEL } from '../paths.js';
+import { checkOutputDir } from './paths-check.js';
 import { saveQuantizedCheckpoint } from '../quant/bnb-checkpoint.js';
 import { BLOCKSIZES_4BIT, type QuantType4 } from '../quant/nf4.js';
 import { loadModelQuantized, quantizationReport, type QuantizationReport } from '../quant/quantize-model.js';
@@ -49,6 +50,7 @@ export function quantizeCommand(): Command {
   cmd.action((raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as { output: string; model?: string; quantType: QuantType4; blocksize: number; doubleQuant: boolean };
     const dir = o.model ?? DEFAULT_MODEL;
+    checkOutputDir(o.output, [{ path: dir, what: 'source model' }]);
     const model = loadModelQuantized(dir, { quantType: quantType(String(o.quantType)), blocksize: blocksize(String(o.blocksize)), doubleQuant: o.doubleQuant !== false });
     saveQuantizedCheckpoint(model, o.output);
     process.stdout.write(`${formatQuantizationReport(quantizationReport(model), quantizationReport(model, { includeCodebooks: true }))}\nwrote ${o.output}\n`);

@@ -1,13 +1,13 @@
 /** `peft train`: fine-tune with LoRA, QLoRA or full fine-tuning on a data file. */
 import { Command } from 'commander';
 import { runTraining, METHODS, type MethodName, type TrainRunOptions } from '../train/run.js';
-import { float, int, list, withConfigFile } from './options.js';
+import { float, int, list, requireOptions, withConfigFile } from './options.js';
 import { trainingProgress } from './progress.js';
 
 export function trainCommand(): Command {
   const cmd = new Command('train')
     .description('fine-tune a model on a data file (.txt, .jsonl text/alpaca/prompt-completion/chat, .json) and save the adapter')
-    .requiredOption('--data <file>', 'training data file')
+    .option('--data <file>', 'training data file (required)')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled stories260K)')
     .option('--method <name>', `training method: ${METHODS.join(' | ')}`, 'lora')
     .option('--output <dir>', 'where the adapter, metrics.jsonl, loss_curve.svg and checkpoints go', 'out/adapter')
@@ -53,6 +53,7 @@ export function trainCommand(): Command {
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action(async (raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as Record<string, unknown>;
+    requireOptions(o, ['data']);
     const targets = String(o.targetModules);
     const opts: TrainRunOptions = {
       data: o.data as string,

@@ -7,14 +7,7 @@
  * afterwards, best-effort, so the rename itself survives a power loss.
  */
 import {
-  closeSync,
-  existsSync,
-  fsyncSync,
-  openSync,
-  renameSync,
-  rmSync,
-  statSync,
-  writeSync,
+  closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, statSync, writeSync,
 } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
@@ -112,6 +105,21 @@ export function replaceDirAtomic(tmpDir: string, finalDir: string): void {
     rmSync(old, { recursive: true, force: true });
   }
   fsyncDirBestEffort(dirname(finalDir));
+}
+
+/**
+ * Moves every file of a fully written temporary directory into `finalDir` (created if needed),
+ * each with one rename, then removes the temporary directory. Files of the same name are replaced
+ * atomically; other files already in `finalDir` (logs, checkpoints, the user's own) are kept.
+ * Throws a PeftError when `finalDir` exists and is not a directory.
+ */
+export function moveFilesInto(tmpDir: string, finalDir: string): void {
+  if (existsSync(finalDir) && !isDirectory(finalDir))
+    throw new PeftError('output path exists and is not a directory', { file: finalDir, expected: 'a directory (or nothing)', found: 'a file' });
+  mkdirSync(finalDir, { recursive: true });
+  for (const name of readdirSync(tmpDir)) renameSync(join(tmpDir, name), join(finalDir, name));
+  rmSync(tmpDir, { recursive: true, force: true });
+  fsyncDirBestEffort(finalDir);
 }
 
 /** `<path>.<tag>-<pid>-<12 hex chars>`: a fresh sibling name in the same directory. */

@@ -5,7 +5,7 @@
  */
 import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { replaceDirAtomic, writeJsonAtomic } from '../io/atomic.js';
+import { moveFilesInto, writeJsonAtomic } from '../io/atomic.js';
 import { writeSafetensorsFile, type TensorToWrite } from '../io/safetensors.js';
 import { weightToF32 } from '../tensor/index.js';
 import type { CausalLM, LinearModule } from './llama.js';
@@ -33,8 +33,10 @@ export function modelTensors(model: CausalLM): TensorToWrite[] {
 }
 
 /**
- * Writes `dir` as a complete HF model directory (atomically: a temporary directory renamed into
- * place). `configOverrides` are merged into config.json (e.g. removing quantization_config).
+ * Writes `dir` as a complete HF model directory: every file is written into a temporary directory
+ * first, then renamed into `dir` file by file, so each file appears whole and files already in
+ * `dir` that the model does not write (logs, checkpoints) are kept. `configOverrides` are merged
+ * into config.json (e.g. removing quantization_config).
  */
 export function saveModelDir(model: CausalLM, dir: string, configOverrides: Record<string, unknown> = {}): void {
   const tmp = `${dir}.tmp-${process.pid}`;
@@ -46,5 +48,5 @@ export function saveModelDir(model: CausalLM, dir: string, configOverrides: Reco
   writeJsonAtomic(join(tmp, 'config.json'), config);
   writeSafetensorsFile(join(tmp, 'model.safetensors'), modelTensors(model), { format: 'pt' });
   if (model.dir) for (const f of TOKENIZER_FILES) if (existsSync(join(model.dir, f))) copyFileSync(join(model.dir, f), join(tmp, f));
-  replaceDirAtomic(tmp, dir);
+  moveFilesInto(tmp, dir);
 }

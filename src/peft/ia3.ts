@@ -103,7 +103,11 @@ export class Ia3Adapter implements AdapterMethod {
   constructor(readonly model: CausalLM, readonly cfg: Ia3Config, seed = 0, file = 'IA3 config') {
     const mt = model.config.modelType;
     const targets = cfg.target_modules ?? DEFAULT_IA3_TARGETS[mt];
-    const ff = cfg.feedforward_modules ?? DEFAULT_IA3_FEEDFORWARD[mt];
+    let ff = cfg.feedforward_modules ?? DEFAULT_IA3_FEEDFORWARD[mt];
+    // with explicit targets, the default feedforward modules are those of them (PEFT requires a subset)
+    if (cfg.feedforward_modules === null && cfg.target_modules !== null && Array.isArray(targets) && Array.isArray(ff)) ff = ff.filter((m) => targets.includes(m));
+    if (Array.isArray(targets) && Array.isArray(ff) && ff.some((m) => !targets.includes(m)))
+      throw new PeftError('feedforward_modules must be a subset of target_modules', { file, field: 'feedforward_modules', expected: `names among ${JSON.stringify(targets)}`, found: JSON.stringify(ff.filter((m) => !targets.includes(m))) });
     if (!targets || !ff)
       throw new PeftError(`no default IA3 modules for model_type ${JSON.stringify(mt)}; set target_modules and feedforward_modules`, {
         file, field: targets ? 'feedforward_modules' : 'target_modules', expected: 'a list of module names', found: 'null',

@@ -16,7 +16,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } f
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
-import { replaceDirAtomic, writeFileAtomic } from '../io/atomic.js';
+import { moveFilesInto, writeFileAtomic } from '../io/atomic.js';
 import { readModelWeights, writeSafetensorsFile, type TensorEntry, type TensorToWrite } from '../io/safetensors.js';
 import { loadConfig } from '../models/config.js';
 import type { CausalLM, LinearModule } from '../models/llama.js';
@@ -312,7 +312,7 @@ export interface SaveQuantizedOptions {
  * bf16 storage — with metadata {"format": "pt"}), config.json (the model's config with
  * `quantization_config`, as `save_pretrained` writes it: sorted keys, indent 2), and the tokenizer
  * and generation config files of the source directory. The directory is written next to `outDir`
- * and moved into place with `replaceDirAtomic`, so `outDir` is always complete (old or new).
+ * and moved into place file by file (`moveFilesInto`): each file appears whole, other files in `outDir` are kept.
  * PEFT hooks attached to the model are not saved (only the base weights).
  * @throws PeftError when the model has no 4-bit weight; filesystem errors propagate.
  */
@@ -357,7 +357,7 @@ export function saveQuantizedCheckpoint(model: CausalLM, outDir: string, opts: S
         if (existsSync(src) && statSync(src).isFile()) copyFileSync(src, join(tmp, f));
       }
     }
-    replaceDirAtomic(tmp, finalDir);
+    moveFilesInto(tmp, finalDir);
   } catch (err) {
     rmSync(tmp, { recursive: true, force: true });
     throw err;

@@ -5,7 +5,7 @@
  * the metrics log (JSONL), the loss curve (SVG) and the run's arguments.
  */
 import { appendFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
@@ -15,6 +15,7 @@ import { DEFAULT_MODEL } from '../paths.js';
 import { createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
 import type { AdapterMethod, NamedTensor } from '../peft/types.js';
 import { loadModelQuantized, quantizationReport, type QuantizationReport } from '../quant/quantize-model.js';
+import { isBnb4bitCheckpoint, loadBnbCheckpoint } from '../quant/bnb-checkpoint.js';
 import { lossCurveSvg } from '../report/charts.js';
 import { saveModelDir } from '../models/save.js';
 import { createLoader, loadDataset, type Dataset, type TrainBatch } from './data/index.js';
@@ -114,7 +115,9 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
     const n = params.reduce((s, p) => s + p.tensor.size, 0);
     return { model, tokenizer, peft: null, params, summary: `trainable params: ${n.toLocaleString('en-US')} || all params: ${n.toLocaleString('en-US')} || trainable%: 100.0000` };
   }
-  const model = method === 'qlora' ? loadModelQuantized(dir, { quantType: o.quantType ?? 'nf4' }) : loadModel(dir);
+  // a bitsandbytes 4-bit checkpoint (e.g. from `peft quantize`) is a QLoRA base as it is
+  const model = isBnb4bitCheckpoint(dir) ? loadBnbCheckpoint(dir)
+    : method === 'qlora' ? loadModelQuantized(dir, { quantType: o.quantType ?? 'nf4' }) : loadModel(dir);
   const peft = new PeftModel(model);
   const seed = o.seed ?? 0;
   const common = { base_model_name_or_path: baseName };
@@ -157,8 +160,12 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   }
   peft.addAdapter('default', adapter);
   const params = peft.trainable('default');
-  const quant = method === 'qlora' ? quantizationReport(model) : undefined;
+  const quant = linearModulesQuantized(model) ? quantizationReport(model) : undefined;
   return { model, tokenizer, peft, params, summary: peft.trainableSummary('default'), quant };
+}
+
+function linearModulesQuantized(model: CausalLM): boolean {
+  return model.layers.some((l) => l.q.weight.data.kind === 'q4');
 }
 
 /** Writes the trained result: the adapter (PEFT methods) or a full model directory. */
@@ -185,7 +192,13 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   const loader = createLoader(dataset.train, { batchSize: o.batchSize ?? 8, maxSeqLength, pack: o.pack ?? true, seed: o.seed ?? 0 });
   const valExamples = o.maxEvalExamples && o.maxEvalExamples > 0 ? dataset.val.slice(0, o.maxEvalExamples) : dataset.val;
   const out = o.output ?? null;
-  if (out) mkdirSync(out, { recursive: true });
+  if (out) {
+    if (existsSync(out) && !statSync(out).isDirectory())
+      throw new PeftError('output path exists and is not a directory', { file: out, field: '--output', expected: 'a directory (or nothing)', found: 'a file' });
+    if (resolve(out) === resolve(o.model ?? DEFAULT_MODEL))
+      throw new PeftError('output directory is the base model; saving there would overwrite it', { file: out, field: '--output', expected: 'a directory other than --model' });
+    mkdirSync(out, { recursive: true });
+  }
   const metricsFile = out ? join(out, 'metrics.jsonl') : null;
   if (metricsFile && !o.resume) writeFileSync(metricsFile, '');
   const log = (rec: Record<string, unknown>): void => {

@@ -99,6 +99,8 @@ export function train<B>(h: TrainHooks<B>, options: Partial<TrainOptions>): Trai
   if (!Number.isInteger(o.maxSteps) || o.maxSteps < 1) throw new RangeError(`maxSteps must be an integer >= 1, got ${o.maxSteps}`);
   if (!Number.isInteger(o.gradAccum) || o.gradAccum < 1) throw new RangeError(`gradAccum must be an integer >= 1, got ${o.gradAccum}`);
   if (!(o.lr > 0)) throw new RangeError(`lr must be > 0, got ${o.lr}`);
+  if (!['constant', 'linear', 'cosine'].includes(o.schedule)) throw new RangeError(`schedule must be constant, linear or cosine, got ${JSON.stringify(o.schedule)}`);
+  if (!Number.isInteger(o.warmupSteps) || o.warmupSteps < 0) throw new RangeError(`warmupSteps must be an integer >= 0, got ${o.warmupSteps}`);
   if (o.checkpointEvery > 0 && !o.outputDir) throw new RangeError('checkpointEvery needs outputDir');
   const params = h.params;
   if (params.length === 0) throw new PeftError('nothing to train: the method has no trainable parameters');
