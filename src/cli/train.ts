@@ -1,5 +1,6 @@
 /** `peft train`: fine-tune with LoRA, QLoRA or full fine-tuning on a data file. */
 import { Command } from 'commander';
+import { readFileSync } from 'node:fs';
 import { runTraining, METHODS, type MethodName, type TrainRunOptions } from '../train/run.js';
 import { float, int, list, requireOptions, withConfigFile } from './options.js';
 import { trainingProgress } from './progress.js';
@@ -47,6 +48,7 @@ export function trainCommand(): Command {
     .option('--checkpoint-every <n>', 'checkpoint every N steps (0 = none)', int('--checkpoint-every'), 0)
     .option('--resume <dir>', 'resume from a checkpoint (or the output directory holding checkpoint-N)')
     .option('--skip-bad-lines', 'skip malformed data lines (reporting the count) instead of stopping')
+    .option('--chat-template <file>', 'Jinja chat template for {"messages"} data (default: the tokenizer\'s, else a ChatML-style one, as peft serve uses)')
     .option('--forgetting-data <file>', 'text of the base model\'s own domain: perplexity before and after measures forgetting')
     .option('--max-forgetting-examples <n>', 'score at most N forgetting examples (0 = all)', int('--max-forgetting-examples'), 0)
     .option('--result-json <file>', 'write a JSON summary of the run (metrics, perplexities, memory, time)')
@@ -100,6 +102,7 @@ export function trainCommand(): Command {
       checkpointEvery: o.checkpointEvery as number,
       resume: o.resume as string | undefined,
       skipBadLines: Boolean(o.skipBadLines),
+      chatTemplate: o.chatTemplate ? readFileSync(o.chatTemplate as string, 'utf8') : undefined,
     };
     const bar = trainingProgress();
     const r = await runTraining(opts, {

@@ -43,11 +43,8 @@ import {
 import { Scheduler, type AdapterEntry, type JobHandlers, type JobSpec } from './scheduler.js';
 import type { ModelInfo } from './worker.js';
 
-/** ChatML-style template used when the tokenizer has none. */
-export const DEFAULT_CHAT_TEMPLATE =
-  "{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}{%- endfor -%}" +
-  "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}";
-export const DEFAULT_CHAT_STOP = '<|im_end|>';
+import { DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE } from '../train/data/chat.js';
+export { DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE };
 
 export interface ServeOptions {
   /** Model directory (default: the bundled stories260K). */

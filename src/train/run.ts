@@ -71,6 +71,8 @@ export interface TrainRunOptions extends Partial<TrainOptions> {
   pack?: boolean;
   textSplit?: 'blocks' | 'paragraphs';
   skipBadLines?: boolean;
+  /** Jinja chat template for chat data (default: the tokenizer's, else DEFAULT_CHAT_TEMPLATE). */
+  chatTemplate?: string;
   /** Where the adapter, logs and checkpoints go. */
   output?: string;
   /** Cap on validation examples scored at each evaluation (0 = all). */
@@ -187,7 +189,7 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   const maxSeqLength = o.maxSeqLength ?? 256;
   const dataset = loadDataset(o.data, tokenizer, {
     maxSeqLength, textSplit: o.textSplit, skipBadLines: o.skipBadLines, valFraction: o.valData ? undefined : (o.valFraction ?? 0.05),
-    valFile: o.valData, seed: o.seed ?? 0,
+    valFile: o.valData, seed: o.seed ?? 0, chatTemplate: o.chatTemplate,
   });
   const loader = createLoader(dataset.train, { batchSize: o.batchSize ?? 8, maxSeqLength, pack: o.pack ?? true, seed: o.seed ?? 0 });
   const valExamples = o.maxEvalExamples && o.maxEvalExamples > 0 ? dataset.val.slice(0, o.maxEvalExamples) : dataset.val;

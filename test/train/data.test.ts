@@ -180,9 +180,13 @@ describe('bad input', () => {
     expectBad(tmpFile('j.jsonl', lines('{"text": "hello"}', good)), 2, /format differs.*expected format "text" \(set by line 1\), found format "prompt-completion"/);
     expectBad(tmpFile('k.json', '[\n  {"text": "a"},\n  {"text": "b"},\n  {"text": 7}\n]\n'), 4, /record \[2\]\): text: wrong field type/);
     expectBad(tmpFile('l.json', '[\n  {"text": "a"},\n  {"text": }\n]\n'), 3, /invalid JSON/);
-    // chat data without a chat template: names the file
-    const m = tmpFile('m.jsonl', lines('{"messages": [{"role": "assistant", "content": "ok"}]}'));
-    expect(() => loadExamples(m, tok, { maxSeqLength: 64 })).toThrow(`${m}: chat records need a chat template`);
+    // chat data and a tokenizer without a chat template: the ChatML-style default (as peft serve uses)
+    const m = tmpFile('m.jsonl', lines('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}'));
+    const { examples } = loadExamples(m, tok, { maxSeqLength: 64 });
+    const ex = examples[0];
+    const learned = tok.decode(Array.from(ex.ids).filter((_, t) => t > 0 && ex.targets[t]), false);
+    expect(learned).toContain('hello there');
+    expect(tok.decode(Array.from(ex.ids), false)).toContain('<|im_start|>assistant');
   });
 
   it('skipBadLines skips and counts', () => {

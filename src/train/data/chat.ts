@@ -27,6 +27,16 @@ import type { Tokenizer } from '../../io/tokenizer.js';
 import type { ChatMessage } from './formats.js';
 
 /** Where a record came from, for PeftError: the file and the `line N` field prefix. */
+/**
+ * ChatML-style template used when the tokenizer has none (training and serving use the same one,
+ * so an adapter trained on chat data is served in the format it learned).
+ */
+export const DEFAULT_CHAT_TEMPLATE =
+  "{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}{%- endfor -%}" +
+  "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}";
+/** The end-of-turn marker of DEFAULT_CHAT_TEMPLATE (a stop string when serving it). */
+export const DEFAULT_CHAT_STOP = '<|im_end|>';
+
 export interface RecordSource {
   file: string;
   where: string;

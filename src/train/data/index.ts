@@ -25,7 +25,7 @@
 import { PeftError } from '../../errors.js';
 import type { Tokenizer } from '../../io/tokenizer.js';
 import { countTargets, seededPermutation, truncateExample, type Example } from './batching.js';
-import { compileChatTemplate, encodeLabelled, renderChat, templateSpecialTokens, type ChatTemplate, type RecordSource } from './chat.js';
+import { compileChatTemplate, DEFAULT_CHAT_TEMPLATE, encodeLabelled, renderChat, templateSpecialTokens, type ChatTemplate, type RecordSource } from './chat.js';
 import { alpacaPrompt, readRecords, type BadLine, type RecordFormat, type SourcedRecord } from './formats.js';
 
 export {
@@ -196,7 +196,7 @@ export function loadExamples(file: string, tok: Tokenizer, opts: DataOptions): {
   const read = readRecords(file, { textSplit: opts.textSplit, skipBadLines: opts.skipBadLines });
   let chat: ChatTemplate | null = null;
   if (read.format === 'chat') {
-    const source = opts.chatTemplate ?? tok.chatTemplate;
+    const source = opts.chatTemplate ?? tok.chatTemplate ?? DEFAULT_CHAT_TEMPLATE;
     if (source === null || source === undefined)
       throw new PeftError('chat records need a chat template, and the tokenizer has none', {
         file, expected: 'a chat_template in tokenizer_config.json (or an explicit template)', found: 'no template',
