@@ -4,7 +4,7 @@
  * (the adapter in HF PEFT format — or, for full fine-tuning, a Hugging Face model directory),
  * the metrics log (JSONL), the loss curve (SVG) and the run's arguments.
  */
-import { appendFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
@@ -21,6 +21,7 @@ import { saveModelDir } from '../models/save.js';
 import { createLoader, loadDataset, type Dataset, type TrainBatch } from './data/index.js';
 import { evaluate, type EvalResult } from './evaluate.js';
 import { batchLoss, fullFineTuneParameters } from './methods.js';
+import { resolveCheckpoint } from './checkpoint.js';
 import { train, TRAIN_DEFAULTS, type StepMetrics, type TrainOptions, type TrainResult } from './trainer.js';
 
 export type MethodName = 'lora' | 'qlora' | 'full' | 'adapter' | 'prefix' | 'prompt' | 'ia3';
@@ -203,6 +204,12 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   }
   const metricsFile = out ? join(out, 'metrics.jsonl') : null;
   if (metricsFile && !o.resume) writeFileSync(metricsFile, '');
+  if (metricsFile && o.resume && existsSync(metricsFile)) {
+    // drop what the interrupted run logged after its checkpoint: those steps are redone
+    const from = (JSON.parse(readFileSync(join(resolveCheckpoint(o.resume), 'trainer_state.json'), 'utf8')) as { step: number }).step;
+    const kept = readFileSync(metricsFile, 'utf8').split('\n').filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= from);
+    writeFileSync(metricsFile, kept.map((l) => l + '\n').join(''));
+  }
   const log = (rec: Record<string, unknown>): void => {
     if (metricsFile) appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
   };
@@ -247,10 +254,9 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   peakRss = Math.max(peakRss, rss(), maxRss());
   if (out) {
     saveResult({ model, peft }, out, baseName);
-    const points = [
-      ...result.steps.map((s) => ({ step: s.step, loss: s.loss, split: 'train' })),
-      ...result.evals.map((e) => ({ step: e.step, loss: e.loss, split: 'validation' })),
-    ];
+    // the whole run's curve, from the log (a resumed run continues the interrupted one's)
+    const logged = readFileSync(metricsFile!, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as { type: string; step: number; loss: number });
+    const points = logged.map((m) => ({ step: m.step, loss: m.loss, split: m.type === 'eval' ? 'validation' : 'train' }));
     writeFileAtomic(join(out, 'loss_curve.svg'), await lossCurveSvg(points, `${o.method ?? 'lora'} on ${basename(o.data)}`));
     writeJsonAtomic(join(out, 'train_args.json'), { ...stripUndefined(o), summary: setup.summary });
   }

@@ -34,6 +34,9 @@ describe('training runs', () => {
     for (const f of ['notes.txt', 'metrics.jsonl', 'checkpoint-2/params.safetensors', 'checkpoint-2/optimizer.safetensors', 'config.json', 'tokenizer.json'])
       expect(existsSync(join(b, f)), f).toBe(true);
     expect(existsSync(join(a, 'metrics.jsonl'))).toBe(true);
+    // the log holds each step once: what the interrupted run logged after its checkpoint is dropped
+    const steps = readFileSync(join(b, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => m.type === 'train').map((m) => m.step);
+    expect(steps).toEqual([1, 2, 3, 4]);
   });
 
   it('IA3 with explicit target modules trains an adapter that loads', async () => {

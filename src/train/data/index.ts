@@ -243,7 +243,7 @@ export function loadExamples(file: string, tok: Tokenizer, opts: DataOptions): {
  */
 export function splitIndices(n: number, valFraction: number, seed = 0): { train: number[]; val: number[] } {
   if (!(valFraction > 0)) return { train: Array.from({ length: n }, (_, i) => i), val: [] };
-  if (n < 2) throw new PeftError('too few examples to hold out a validation set', { field: 'valFraction', expected: 'at least 2 examples', found: `${n}` });
+  if (n < 2) throw new PeftError('too few examples to hold out a validation set (use --val-fraction 0 or --val-data FILE)', { field: 'valFraction', expected: 'at least 2 examples', found: `${n}` });
   const nVal = Math.min(n - 1, Math.max(1, Math.round(n * valFraction)));
   const perm = seededPermutation(n, seed, 0x7fffffff);
   return {
@@ -261,6 +261,11 @@ export function loadDataset(file: string, tok: Tokenizer, opts: DataOptions): Da
   const main = loadExamples(file, tok, opts);
   const stats = [main.stats];
   let train = main.examples, val: Example[] = [];
+  const noExamples = (): PeftError => new PeftError('no training examples', {
+    file, expected: 'at least one example with a target within maxSeqLength',
+    found: `${main.stats.records} records, ${main.stats.droppedTooLong} too long for --max-seq-length ${opts.maxSeqLength}, ${main.stats.skippedBadLines} skipped`,
+  });
+  if (train.length === 0) throw noExamples();
   if (opts.valFile !== undefined) {
     const v = loadExamples(opts.valFile, tok, opts);
     val = v.examples;
@@ -270,7 +275,6 @@ export function loadDataset(file: string, tok: Tokenizer, opts: DataOptions): Da
     val = split.val.map((i) => main.examples[i]);
     train = split.train.map((i) => main.examples[i]);
   }
-  if (train.length === 0)
-    throw new PeftError('no training examples', { file, expected: 'at least one example with a target within maxSeqLength', found: `${main.stats.records} records, ${main.stats.droppedTooLong} too long, ${main.stats.skippedBadLines} skipped` });
+  if (train.length === 0) throw noExamples();
   return { train, val, stats, skippedBadLines: stats.reduce((s, x) => s + x.skippedBadLines, 0) };
 }
