@@ -21,7 +21,7 @@ import type { CausalLM, DecoderLayer, ForwardContext } from '../models/llama.js'
 import { Act, native } from '../native/index.js';
 import { activation, add, allocF32, f32Weight, linear, Tensor } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
-import { registerAdapterLoader, type TensorMap } from './registry.js';
+import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry.js';
 import { uniformRng } from '../tensor/random.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 
@@ -212,26 +212,9 @@ export function createBottleneckAdapter(model: CausalLM, options: Partial<Omit<B
   return new BottleneckAdapter(model, parseBottleneckConfig(rest as Record<string, unknown>, 'bottleneck options'), seed ?? 0);
 }
 
-/**
- * Loads saved tensors into an adapter built from the same config: missing or unexpected tensors
- * are reported by name, a shape mismatch names the tensor and both shapes.
- */
+/** Loads saved tensors into an adapter built from the same config (errors: {@link loadStateDict}). */
 export function loadBottleneckTensors(a: BottleneckAdapter, tensors: TensorMap, file: string): void {
-  const expected = a.stateDict();
-  const missing = [...expected.keys()].filter((k) => !tensors.has(k));
-  const unexpected = [...tensors.keys()].filter((k) => !expected.has(k));
-  if (missing.length > 0 || unexpected.length > 0) {
-    const parts: string[] = [];
-    if (missing.length) parts.push(`missing: ${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ` … (${missing.length})` : ''}`);
-    if (unexpected.length) parts.push(`unexpected: ${unexpected.slice(0, 8).join(', ')}${unexpected.length > 8 ? ` … (${unexpected.length})` : ''}`);
-    throw new PeftError(`bottleneck adapter tensors do not match the config and base model (${parts.join('; ')})`, { file });
-  }
-  for (const [key, t] of expected) {
-    const src = tensors.get(key)!;
-    if (src.shape.length !== t.shape.length || src.shape.some((d, i) => d !== t.shape[i]))
-      throw new PeftError('adapter tensor shape does not match the base model and config', { file, field: key, expected: `[${t.shape}]`, found: `[${src.shape}]` });
-  }
-  for (const [key, t] of expected) t.data.set(tensors.get(key)!.data);
+  loadStateDict(a.stateDict(), tensors, file);
 }
 
 registerAdapterLoader('BOTTLENECK', (model, raw, tensors, files) => {

@@ -15,7 +15,7 @@ import { linearModules } from '../models/llama.js';
 import { native } from '../native/index.js';
 import { f32Weight, mulFeatures, Tensor, weightToF32 } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
-import { registerAdapterLoader, type TensorMap } from './registry.js';
+import { loadStateDict, registerAdapterLoader } from './registry.js';
 import { normalRng } from '../tensor/random.js';
 import { isTargeted, moduleSuffixes } from './inject.js';
 import { peftKey } from './lora.js';
@@ -244,27 +244,6 @@ function applyScaling(l: Ia3Layer, inverse: boolean): void {
   }
 }
 
-/**
- * Copies saved tensors into an adapter's state dict: missing or unexpected tensors are reported by
- * name with the file; a shape mismatch names the tensor and both shapes.
- */
-export function loadStateDict(expected: Map<string, Tensor>, tensors: TensorMap, file: string): void {
-  const missing = [...expected.keys()].filter((k) => !tensors.has(k));
-  const unexpected = [...tensors.keys()].filter((k) => !expected.has(k));
-  if (missing.length > 0 || unexpected.length > 0) {
-    const parts: string[] = [];
-    const list = (a: string[]): string => `${a.slice(0, 8).join(', ')}${a.length > 8 ? ` … (${a.length})` : ''}`;
-    if (missing.length) parts.push(`missing: ${list(missing)}`);
-    if (unexpected.length) parts.push(`unexpected: ${list(unexpected)}`);
-    throw new PeftError(`adapter tensors do not match the config and base model (${parts.join('; ')})`, { file, field: (missing[0] ?? unexpected[0]) });
-  }
-  for (const [key, t] of expected) {
-    const src = tensors.get(key)!;
-    if (src.shape.length !== t.shape.length || src.shape.some((d, i) => d !== t.shape[i]))
-      throw new PeftError('adapter tensor shape does not match the base model and config', { file, field: key, expected: `[${t.shape}]`, found: `[${src.shape}]` });
-    t.data.set(src.data);
-  }
-}
 
 /** Creates an IA3 adapter from options with PEFT's IA3Config keys (vectors start at ones by default). */
 export function createIa3Adapter(model: CausalLM, options: Partial<Ia3Config> & Record<string, unknown> = {}, seed = 0): Ia3Adapter {

@@ -4,7 +4,7 @@ export { isTargeted, targetedLinears } from './inject.js';
 export { LoraAdapter, loraDelta, peftKey, type LoraLayer } from './lora.js';
 export { formatTrainableSummary, PeftModel, type Composition } from './peft-model.js';
 export { loadAdapter, readAdapterTensors, saveAdapter } from './format.js';
-export { adapterLoader, registerAdapterLoader, type AdapterFiles, type AdapterLoader, type TensorMap } from './registry.js';
+export { adapterLoader, loadStateDict, registerAdapterLoader, type AdapterFiles, type AdapterLoader, type TensorMap } from './registry.js';
 export { attachAdapters, sequenceSetup } from './attach.js';
 export { dequantizeModel, mergeAdapter, type MergeResult } from './merge.js';
 export type { AdapterMethod, NamedTensor, RowRange } from './types.js';

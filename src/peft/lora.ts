@@ -17,7 +17,7 @@ import { DEFAULT_LORA_TARGETS, parseLoraConfig, type LoraConfig } from './config
 import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 import { gaussian, uniformRng } from '../tensor/random.js';
-import { registerAdapterLoader, type TensorMap } from './registry.js';
+import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry.js';
 
 /** The LoRA branch on one linear module. */
 export interface LoraLayer {
@@ -280,26 +280,11 @@ function addScaledBias(y: Tensor, b: Tensor, s: number): Tensor {
 
 /**
  * Loads LoRA tensors (PEFT state-dict keys, `.default` adapter names dropped) into an adapter
- * created from the same config. Missing or unexpected tensors are reported by name; a shape
- * mismatch names the tensor and both shapes.
+ * created from the same config; see {@link loadStateDict} for the errors (a rank mismatch shows up
+ * as a shape mismatch naming the tensor).
  */
 export function loadLoraTensors(a: LoraAdapter, tensors: TensorMap, file: string): void {
-  const expected = a.stateDict();
-  const missing = [...expected.keys()].filter((k) => !tensors.has(k));
-  const unexpected = [...tensors.keys()].filter((k) => !expected.has(k));
-  if (missing.length > 0 || unexpected.length > 0) {
-    // a rank mismatch shows up as a shape error below; here only names
-    const parts: string[] = [];
-    if (missing.length) parts.push(`missing: ${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ` … (${missing.length})` : ''}`);
-    if (unexpected.length) parts.push(`unexpected: ${unexpected.slice(0, 8).join(', ')}${unexpected.length > 8 ? ` … (${unexpected.length})` : ''}`);
-    throw new PeftError(`adapter tensors do not match the config and base model (${parts.join('; ')})`, { file });
-  }
-  for (const [key, t] of expected) {
-    const src = tensors.get(key)!;
-    if (src.shape.length !== t.shape.length || src.shape.some((d, i) => d !== t.shape[i]))
-      throw new PeftError('adapter tensor shape does not match the base model and config', { file, field: key, expected: `[${t.shape}]`, found: `[${src.shape}]` });
-    t.data.set(src.data);
-  }
+  loadStateDict(a.stateDict(), tensors, file);
 }
 
 registerAdapterLoader('LORA', (model, raw, tensors, files) => {
