@@ -145,6 +145,16 @@ void split_range(long total, int tid, int nthreads, long align, long* begin, lon
   *end = std::min(total, ue * align);
 }
 
+int slots(long work, long min_work) { return work < min_work ? 1 : num_threads(); }
+
+void run_slots(long total, int nslots, const std::function<void(long, long, int)>& body) {
+  parallel_run(nslots, [&](int tid, int n) {
+    long b, e;
+    split_range(total, tid, n, 1, &b, &e);
+    body(b, e, tid);
+  });
+}
+
 void parallel_for(long total, long min_per_thread, const std::function<void(long, long)>& body) {
   if (total <= 0) return;
   int nt = num_threads();

@@ -18,6 +18,12 @@ void set_num_threads(int n);
 int parallel_run(int n, const std::function<void(int, int)>& fn);
 // Splits [0, total) into nthreads contiguous chunks of `align`-multiples; chunk for tid.
 void split_range(long total, int tid, int nthreads, long align, long* begin, long* end);
+// Deterministic reductions: slots(work, min_work) is the number of partial results to keep (1 when
+// work < min_work, else num_threads()); run_slots(total, slots, body) calls body(begin, end, slot)
+// on contiguous chunks of [0, total), at most one per slot (all of it in slot 0 when the pool is
+// busy). Combining the partials in slot order gives the same result for a given thread count.
+int slots(long work, long min_work);
+void run_slots(long total, int nslots, const std::function<void(long, long, int)>& body);
 // Parallel loop over [0, total) in contiguous chunks; runs serially when total < min_per_thread*2.
 void parallel_for(long total, long min_per_thread, const std::function<void(long, long)>& body);
 

@@ -53,13 +53,9 @@ void add_row(float* x, const float* b, int64_t rows, int64_t D) {
 }
 void sum_rows(const float* a, const float* b, float* out, int64_t rows, int64_t D) {
   // per-thread float64 partials, reduced in thread order (deterministic)
-  int nt = num_threads();
-  if (rows * D < 4 * kGrain) nt = 1;
+  const int nt = slots(rows * D, 4 * kGrain);
   std::vector<std::vector<double>> part(nt);
-  parallel_run(nt, [&](int tid, int n) {
-    long s, e;
-    split_range(rows, tid, n, 1, &s, &e);
-    if (n == 1) { s = 0; e = rows; }
+  run_slots(rows, nt, [&](long s, long e, int slot) {
     std::vector<double> p(D, 0.0);
     for (long r = s; r < e; ++r) {
       const float* ar = a + r * D;
@@ -70,22 +66,18 @@ void sum_rows(const float* a, const float* b, float* out, int64_t rows, int64_t 
         for (int64_t d = 0; d < D; ++d) p[d] += ar[d];
       }
     }
-    part[tid] = std::move(p);
+    part[slot] = std::move(p);
   });
   for (int t = 0; t < nt; ++t)
     if (!part[t].empty()) for (int64_t d = 0; d < D; ++d) out[d] += static_cast<float>(part[t][d]);
 }
 double sum_squares(const float* x, int64_t n) {
-  int nt = num_threads();
-  if (n < 4 * kGrain) nt = 1;
+  const int nt = slots(n, 4 * kGrain);
   std::vector<double> part(nt, 0.0);
-  parallel_run(nt, [&](int tid, int k) {
-    long s, e;
-    split_range(n, tid, k, 1, &s, &e);
-    if (k == 1) { s = 0; e = n; }
+  run_slots(n, nt, [&](long s, long e, int slot) {
     double acc = 0;
     for (long i = s; i < e; ++i) acc += static_cast<double>(x[i]) * x[i];
-    part[tid] = acc;
+    part[slot] = acc;
   });
   double total = 0;
   for (double p : part) total += p;

@@ -20,15 +20,11 @@ double cross_entropy(const float* logits, const int32_t* labels, int64_t N, int6
       return 0.0;
     }
   }
-  int nt = num_threads();
-  if (N * V < 65536) nt = 1;
+  const int nt = slots(N * V, 65536);
   const RowOps& ro = row_ops();
   std::vector<double> part(nt, 0.0);
   std::vector<int64_t> cnt(nt, 0);
-  parallel_run(nt, [&](int tid, int k) {
-    long s, e;
-    split_range(N, tid, k, 1, &s, &e);
-    if (k == 1) { s = 0; e = N; }
+  run_slots(N, nt, [&](long s, long e, int tid) {
     double acc = 0;
     int64_t c = 0;
     for (long r = s; r < e; ++r) {

@@ -27,16 +27,12 @@ void rmsnorm_forward(const float* x, const float* w, int64_t rows, int64_t D, fl
 // adds the partials into out in thread order (deterministic for a given thread count).
 template <typename F>
 static void rows_with_partials(int64_t rows, int64_t width, float* out, F body) {
-  int nt = num_threads();
-  if (rows < 32 || nt < 2) nt = 1;
+  const int nt = slots(rows, 32);
   std::vector<std::vector<double>> partial(nt);
-  parallel_run(nt, [&](int tid, int n) {
-    long r0, r1;
-    split_range(rows, tid, n, 1, &r0, &r1);
-    if (n == 1) { r0 = 0; r1 = rows; }
+  run_slots(rows, nt, [&](long r0, long r1, int slot) {
     std::vector<double> p(out ? width : 0, 0.0);
     body(r0, r1, out ? p.data() : nullptr);
-    partial[tid] = std::move(p);
+    partial[slot] = std::move(p);
   });
   if (!out) return;
   for (int t = 0; t < nt; ++t) {
