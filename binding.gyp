@@ -8,6 +8,8 @@
         "native/gemm/gemm.cc",
         "native/gemm/kernel_generic.cc",
         "native/gemm/kernel_avx2.cc",
+        "native/gemm/kernel_avx512.cc",
+        "native/cpu_features.cc",
         "native/ops/norm.cc",
         "native/ops/rope.cc",
         "native/ops/attention.cc",

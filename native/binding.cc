@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cpu_features.h"
 #include "gemm/gemm.h"
 #include "ops/ops.h"
 #include "threadpool.h"
@@ -95,6 +96,30 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 }
 Napi::Value KernelName(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), peft::gemm_kernel_name());
+}
+
+// {level, gemm, bf16Dot, envInvalid, cpu: {avx2, fma, ...}}: what the CPU-feature probe found and
+// what PEFT_KERNELS left in use.
+Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const peft::CpuFeatures& f = peft::cpu_features();
+  Napi::Object cpu = Napi::Object::New(env);
+  cpu.Set("avx2", f.avx2);
+  cpu.Set("fma", f.fma);
+  cpu.Set("f16c", f.f16c);
+  cpu.Set("avx512f", f.avx512f);
+  cpu.Set("avx512bw", f.avx512bw);
+  cpu.Set("avx512vl", f.avx512vl);
+  cpu.Set("avx512dq", f.avx512dq);
+  cpu.Set("avx512_vnni", f.avx512_vnni);
+  cpu.Set("avx512_bf16", f.avx512_bf16);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("level", peft::kernel_level_name(peft::kernel_level()));
+  o.Set("gemm", peft::gemm_kernel_name());
+  o.Set("bf16Dot", peft::bf16_dot_available());
+  o.Set("envInvalid", peft::kernel_env_invalid());
+  o.Set("cpu", cpu);
+  return o;
 }
 
 // ---- GEMM ---------------------------------------------------------------------------------------------
@@ -599,6 +624,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("numThreads", NumThreads);
   def("setNumThreads", SetNumThreads);
   def("kernelName", KernelName);
+  def("kernelInfo", KernelInfo);
   def("gemm", Gemm);
   def("gemmQ4", GemmQ4);
   def("dequantQ4", DequantQ4);

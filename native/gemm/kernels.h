@@ -1,36 +1,64 @@
-// MR x NR register micro-kernels over packed panels (see gemm.h).
+// Register micro-kernels and packing helpers over packed panels (see gemm.h), one set per CPU
+// kernel level (cpu_features.h): generic and AVX2 use MR x NR = 6 x 16, AVX-512 uses 14 x 32.
 #pragma once
 #include <cstdint>
+
+#include "gemm.h"
 
 namespace peft {
 
 constexpr int GEMM_MR = 6;
 constexpr int GEMM_NR = 16;
+constexpr int GEMM512_MR = 14;
+constexpr int GEMM512_NR = 32;
 
 // c[0..m, 0..n] = alpha * sum_k a[k*MR + i] * b[k*NR + j] + beta * c (beta == 0: c is not read).
 // a: packed MR-row micro-panel (kc x MR), b: packed NR-column micro-panel (kc x NR).
 using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                              float alpha, float beta, int m, int n);
+// Packs NR full rows (row i at s + i*ld, kc floats each) as a kc x NR panel: d[k*NR + i] = s[i*ld + k].
+// d must be 64-byte aligned.
+using TransposePack = void (*)(const float* s, int64_t ld, int64_t kc, float* d);
+// d[i] = float(bfloat16 bits s[i]) for i < n.
+using WidenBf16 = void (*)(const uint16_t* s, int64_t n, float* d);
+// Decodes `count` consecutive 4-bit elements of q starting at flat index idx into out[0..count).
+using DecodeQ4 = void (*)(const Q4Matrix& q, int64_t idx, int64_t count, float* out);
+
+// One kernel level's GEMM pieces and its cache blocking (KC x NR panel of B in L1, MC x KC block
+// of A in L2, KC x NC panel of B in L3).
+struct GemmKernels {
+  const char* name;
+  MicroKernel uk;
+  TransposePack pack_t;
+  WidenBf16 widen;
+  DecodeQ4 decode;
+  int64_t kc, mc, nc;
+};
 
 void micro_kernel_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                           float alpha, float beta, int m, int n);
+void pack_rows_transposed_generic(const float* s, int64_t ld, int64_t kc, float* d);
+void widen_bf16_generic(const uint16_t* s, int64_t n, float* d);
+void decode_q4_generic(const Q4Matrix& q, int64_t idx, int64_t count, float* out);
+
 #if defined(__x86_64__) || defined(__i386__)
 void micro_kernel_avx2(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                        float alpha, float beta, int m, int n);
-#endif
-
-// Packs 16 full rows (row i at s + i*ld, kc floats each) as a kc x NR panel: d[k*NR + i] = s[i*ld + k].
-// d must be 32-byte aligned.
-void pack_rows_transposed_generic(const float* s, int64_t ld, int64_t kc, float* d);
-#if defined(__x86_64__) || defined(__i386__)
 void pack_rows_transposed_avx2(const float* s, int64_t ld, int64_t kc, float* d);
+
+// AVX-512 (F/BW/VL/DQ) set, compiled with per-function target attributes (kernel_avx512.cc).
+void micro_kernel_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                         float alpha, float beta, int m, int n);
+void pack_rows_transposed_avx512(const float* s, int64_t ld, int64_t kc, float* d);
+void widen_bf16_avx512(const uint16_t* s, int64_t n, float* d);
+void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count, float* out);
 #endif
 
-// Writes an MR x NR accumulator tile into c (shared by the kernels for partial tiles).
-inline void store_tile(const float* acc, float* c, int64_t ldc, float alpha, float beta, int m, int n) {
+// Writes an m x n corner of an accumulator tile (row stride acc_ld) into c.
+inline void store_tile(const float* acc, int acc_ld, float* c, int64_t ldc, float alpha, float beta, int m, int n) {
   for (int i = 0; i < m; ++i) {
     float* ci = c + i * ldc;
-    const float* ai = acc + i * GEMM_NR;
+    const float* ai = acc + i * acc_ld;
     if (beta == 0.f) {
       for (int j = 0; j < n; ++j) ci[j] = alpha * ai[j];
     } else {
