@@ -180,6 +180,22 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// gemmBf16Dot(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); B: Uint16Array (bfloat16
+// bits) multiplied with VDPBF16PS, A rounded to bf16 (see gemm.h gemm_bf16_dot). transA must be false.
+// Throws when the CPU (or PEFT_KERNELS) does not allow the bf16 dot-product path.
+Napi::Value GemmBf16Dot(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  GemmArgs g = gemm_common(info, 10);
+  int64_t ldb = integer(info[9], "ldb", 1);
+  U16 b = u16(info[8], "B");
+  if (g.ta) range_error(env, "gemmBf16Dot: transA must be false");
+  if (g.tb ? ldb < g.K : ldb < g.N) range_error(env, "ldb too small for op(B)");
+  need(env, b.n, g.tb ? span(g.N, g.K, ldb) : span(g.K, g.N, ldb), "B");
+  if (!peft::gemm_bf16_dot(g.M, g.N, g.K, g.alpha, g.A.p, g.lda, b.p, ldb, g.tb, g.beta, g.C.p, g.ldc))
+    range_error(env, "gemmBf16Dot: this CPU has no AVX512_BF16 (VDPBF16PS), or PEFT_KERNELS is below avx512");
+  return env.Undefined();
+}
+
 // Reads a 4-bit matrix description {packed, code, rows, cols, blocksize, absmax} or double-quantized
 // {..., absmaxCodes, nestedAbsmax, nestedCode, nestedBlocksize, offset}.
 peft::Q4Matrix q4_from(const Napi::Value& v) {
@@ -627,6 +643,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("kernelInfo", KernelInfo);
   def("gemm", Gemm);
   def("gemmQ4", GemmQ4);
+  def("gemmBf16Dot", GemmBf16Dot);
   def("dequantQ4", DequantQ4);
   def("embeddingForward", EmbeddingForward);
   def("embeddingBackward", EmbeddingBackward);

@@ -245,31 +245,101 @@ void choose_grid(int64_t M, int64_t N, int64_t K, int threads, int* tm_out, int*
 const char* gemm_kernel_name() { return kernels().name; }
 
 namespace {
-template <int MR, int NR>
-void gemm_impl(const GemmKernels& ks, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-               int64_t lda, const WeightRef& B, float beta, float* C, int64_t ldc, bool parallel) {
+// Runs rect(m0, m1, n0, n1) over a grid of threads covering C[M, N] (one call when serial).
+template <int MR, int NR, typename Rect>
+void run_grid(int64_t M, int64_t N, int64_t K, bool parallel, const Rect& rect) {
   double flops = 2.0 * M * N * K;
   int threads = parallel ? num_threads() : 1;
   if (flops < 2.0e5) threads = 1;  // below ~2 us of work, threading costs more than it saves
   if (threads <= 1) {
-    Blocked<MR, NR>::rect(ks, trans_a, 0, M, 0, N, K, alpha, A, lda, B, beta, C, ldc);
+    rect(0, M, 0, N);
     return;
   }
   int tm, tn;
   choose_grid<MR, NR>(M, N, K, threads, &tm, &tn);
   parallel_run(tm * tn, [&](int tid, int nt) {
     if (nt != tm * tn) {  // pool was busy: we run alone
-      Blocked<MR, NR>::rect(ks, trans_a, 0, M, 0, N, K, alpha, A, lda, B, beta, C, ldc);
+      rect(0, M, 0, N);
       return;
     }
     int ti = tid / tn, tj = tid % tn;
     long mb, me, nb, ne;
     split_range(M, ti, tm, MR, &mb, &me);
     split_range(N, tj, tn, NR, &nb, &ne);
-    Blocked<MR, NR>::rect(ks, trans_a, mb, me, nb, ne, K, alpha, A, lda, B, beta, C, ldc);
+    rect(mb, me, nb, ne);
   });
 }
+
+template <int MR, int NR>
+void gemm_impl(const GemmKernels& ks, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const WeightRef& B, float beta, float* C, int64_t ldc, bool parallel) {
+  run_grid<MR, NR>(M, N, K, parallel, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    Blocked<MR, NR>::rect(ks, trans_a, m0, m1, n0, n1, K, alpha, A, lda, B, beta, C, ldc);
+  });
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#ifndef PEFT_GEMM_BF16_KC
+#define PEFT_GEMM_BF16_KC 512
+#endif
+// The bf16 dot-product algorithm over rows [m0, m1) x cols [n0, n1) of C (blocking as Blocked,
+// with panels of k-pairs: a KC x NR panel of B is KC/2 x NR uint32).
+void bf16dot_rect(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float alpha, const float* A,
+                  int64_t lda, const uint16_t* B, int64_t ldb, bool trans_b, float beta, float* C, int64_t ldc) {
+  constexpr int MR = GEMM512_MR, NR = GEMM512_NR;
+  if (m0 >= m1 || n0 >= n1) return;
+  if (K == 0) {
+    Blocked<MR, NR>::scale_c(m0, m1, n0, n1, beta, C, ldc);
+    return;
+  }
+  const int64_t KC_MAX = PEFT_GEMM_BF16_KC, MC_MAX = PEFT_GEMM512_MC, NC_MAX = PEFT_GEMM512_NC;
+  int64_t kblocks = (K + KC_MAX - 1) / KC_MAX;
+  int64_t kc_step = ((K + kblocks - 1) / kblocks + 7) / 8 * 8;
+  int64_t mblocks = (m1 - m0 + MC_MAX - 1) / MC_MAX;
+  int64_t mc_step = ((m1 - m0 + mblocks - 1) / mblocks + MR - 1) / MR * MR;
+  int64_t ncap = std::min<int64_t>(NC_MAX, ((n1 - n0) + NR - 1) / NR * NR);
+  uint32_t* bbuf = reinterpret_cast<uint32_t*>(b_scratch.get(static_cast<size_t>(kc_step / 2) * ncap));
+  uint32_t* abuf = reinterpret_cast<uint32_t*>(a_scratch.get(static_cast<size_t>(kc_step / 2) * mc_step));
+  for (int64_t jc = n0; jc < n1; jc += NC_MAX) {
+    int64_t nc = std::min<int64_t>(NC_MAX, n1 - jc);
+    for (int64_t pc = 0; pc < K; pc += kc_step) {
+      int64_t kc = std::min<int64_t>(kc_step, K - pc), kp = (kc + 1) / 2;
+      float beta_eff = pc == 0 ? beta : 1.f;
+      for (int64_t jr = 0; jr < nc; jr += NR)
+        pack_b_bf16dot_avx512(B, ldb, trans_b, pc, kc, K, jc + jr, std::min<int64_t>(NR, nc - jr), bbuf + (jr / NR) * kp * NR);
+      for (int64_t ic = m0; ic < m1; ic += mc_step) {
+        int64_t mc = std::min<int64_t>(mc_step, m1 - ic);
+        for (int64_t ir = 0; ir < mc; ir += MR)
+          pack_a_bf16dot_avx512(A + (ic + ir) * lda + pc, lda, std::min<int64_t>(MR, mc - ir), kc, abuf + (ir / MR) * kp * MR);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const uint32_t* bp = bbuf + (jr / NR) * kp * NR;
+          int n = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            int m = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+            micro_kernel_bf16dot_avx512(kp, abuf + (ir / MR) * kp * MR, bp, C + (ic + ir) * ldc + jc + jr, ldc, alpha,
+                                        beta_eff, m, n);
+          }
+        }
+      }
+    }
+  }
+}
+#endif
 }  // namespace
+
+bool gemm_bf16_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const uint16_t* B,
+                   int64_t ldb, bool trans_b, float beta, float* C, int64_t ldc, bool parallel) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (!bf16_dot_available()) return false;
+  if (M <= 0 || N <= 0) return true;
+  run_grid<GEMM512_MR, GEMM512_NR>(M, N, K, parallel, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    bf16dot_rect(m0, m1, n0, n1, K, alpha, A, lda, B, ldb, trans_b, beta, C, ldc);
+  });
+  return true;
+#else
+  return false;
+#endif
+}
 
 void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const WeightRef& B, float beta, float* C, int64_t ldc, bool parallel) {

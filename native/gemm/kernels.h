@@ -52,6 +52,16 @@ void micro_kernel_avx512(int64_t kc, const float* a, const float* b, float* c, i
 void pack_rows_transposed_avx512(const float* s, int64_t ld, int64_t kc, float* d);
 void widen_bf16_avx512(const uint16_t* s, int64_t n, float* d);
 void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count, float* out);
+
+// AVX512_BF16 dot-product set (kernel_avx512_bf16.cc): panels of k-pairs, one uint32 = (x[2p], x[2p+1]).
+// micro-kernel: c[0..m, 0..n] = alpha * sum_p dot2(a[p*MR + i], b[p*NR + j]) + beta * c over kp pairs.
+void micro_kernel_bf16dot_avx512(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc,
+                                 float alpha, float beta, int m, int n);
+// Packs mr <= MR rows of A (row ii at A + ii*lda, kc floats) rounded to bf16 as a (kc+1)/2 x MR panel.
+void pack_a_bf16dot_avx512(const float* A, int64_t lda, int64_t mr, int64_t kc, uint32_t* d);
+// Packs op(B)[k0:k0+kc, j:j+nr] (B bf16 [K, N], or [N, K] when trans) as a (kc+1)/2 x NR panel.
+void pack_b_bf16dot_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t k0, int64_t kc, int64_t K, int64_t j,
+                           int64_t nr, uint32_t* d);
 #endif
 
 // Writes an m x n corner of an accumulator tile (row stride acc_ld) into c.

@@ -84,6 +84,13 @@ export interface NativeAddon {
   /** C[M,N] = alpha·op(A)·op(B) + beta·C; B float32 or bfloat16 bits (Uint16Array). */
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: F32, lda: number,
     B: F32 | Uint16Array, ldb: number, beta: number, C: F32, ldc: number): void;
+  /**
+   * C[M,N] = alpha·A·op(B) + beta·C with B bfloat16 bits multiplied by VDPBF16PS: A rounded to bf16
+   * (nearest even), products summed in float32. transA must be false. Throws a RangeError where
+   * kernelInfo().bf16Dot is false.
+   */
+  gemmBf16Dot(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: F32, lda: number,
+    B: Uint16Array, ldb: number, beta: number, C: F32, ldc: number): void;
   /** As gemm with a 4-bit B dequantized inside the packing; transB: op(B) = W^T with W [N, K]. */
   gemmQ4(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: F32, lda: number,
     q4: Q4Native, beta: number, C: F32, ldc: number): void;
