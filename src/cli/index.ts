@@ -11,6 +11,7 @@ import { serveCommand } from './serve.js';
 import { exportCommand } from './export.js';
 import { combineCommand } from './combine.js';
 import { compareCommand, mainCommand } from './compare.js';
+import { doctorCommand } from './doctor.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   program.addCommand(serveCommand());
   program.addCommand(combineCommand());
   program.addCommand(compareCommand());
+  program.addCommand(doctorCommand());
   return program;
 }
 
