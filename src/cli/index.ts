@@ -12,6 +12,7 @@ import { exportCommand } from './export.js';
 import { combineCommand } from './combine.js';
 import { compareCommand, mainCommand } from './compare.js';
 import { doctorCommand } from './doctor.js';
+import { registryCommand } from './registry.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   program.addCommand(combineCommand());
   program.addCommand(compareCommand());
   program.addCommand(doctorCommand());
+  program.addCommand(registryCommand());
   return program;
 }
 
