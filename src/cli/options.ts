@@ -63,7 +63,7 @@ function configValue(opt: Option, key: string, v: unknown, file: string): unknow
     throw new PeftError('invalid value in config file', { file, field: `${key} (${flag})`, expected, found: describeValue(v) });
   };
   if (v === null || v === undefined) return undefined;
-  if (opt.isBoolean()) {
+  if (opt.isBoolean() || opt.negate) {
     if (typeof v !== 'boolean') bad('true or false');
     // a negated flag (--no-pack) stores under its positive name: the file gives the positive value
     return v;

@@ -51,6 +51,16 @@ export function loadTokenizer(dir: string): Tokenizer {
   const tj = readJson(tjPath);
   const cfgPath = join(dir, 'tokenizer_config.json');
   const cfg = existsSync(cfgPath) ? readJson(cfgPath) : {};
+  const model = tj.model as { vocab?: Record<string, number> | unknown[] } | undefined;
+  const added = Array.isArray(tj.added_tokens) ? (tj.added_tokens as Array<{ id: unknown }>) : [];
+  const vocab = model && typeof model === 'object' ? model.vocab : undefined;
+  let vocabSize = Array.isArray(vocab) ? vocab.length : vocab && typeof vocab === 'object' ? Object.keys(vocab).length : 0;
+  for (const [i, a] of added.entries()) {
+    const id = a && typeof a === 'object' ? a.id : undefined;
+    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0)
+      throw new PeftError('invalid added token id', { file: tjPath, field: `added_tokens[${i}].id`, expected: 'a non-negative integer', found: JSON.stringify(id) ?? 'nothing' });
+    vocabSize = Math.max(vocabSize, id + 1);
+  }
   let tok: HFTokenizer;
   try {
     tok = new HFTokenizer(tj as never, cfg as never);
@@ -64,16 +74,6 @@ export function loadTokenizer(dir: string): Tokenizer {
     throw new PeftError(`unsupported or malformed tokenizer: ${shortMessage(e)}`, { file: tjPath, expected: 'a tokenizer.json that @huggingface/tokenizers can encode with' });
   }
   const idOf = (s: string | null): number | null => (s === null ? null : (tok.token_to_id(s) ?? null));
-  const model = tj.model as { vocab?: Record<string, number> | unknown[] } | undefined;
-  const added = Array.isArray(tj.added_tokens) ? (tj.added_tokens as Array<{ id: unknown }>) : [];
-  const vocab = model && typeof model === 'object' ? model.vocab : undefined;
-  let vocabSize = Array.isArray(vocab) ? vocab.length : vocab && typeof vocab === 'object' ? Object.keys(vocab).length : 0;
-  for (const [i, a] of added.entries()) {
-    const id = a && typeof a === 'object' ? a.id : undefined;
-    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0)
-      throw new PeftError('invalid added token id', { file: tjPath, field: `added_tokens[${i}].id`, expected: 'a non-negative integer', found: JSON.stringify(id) ?? 'nothing' });
-    vocabSize = Math.max(vocabSize, id + 1);
-  }
   let chatTemplate: string | null = null;
   if (typeof cfg.chat_template === 'string') chatTemplate = cfg.chat_template;
   else if (Array.isArray(cfg.chat_template)) {
