@@ -119,9 +119,7 @@ export class LoraAdapter implements AdapterMethod {
 
   config(): Record<string, unknown> {
     const c = this.cfg;
-    const targets = typeof c.target_modules === 'string' && c.target_modules.toLowerCase() !== 'all-linear'
-      ? c.target_modules
-      : moduleSuffixes([...this.layers.values()].map((l) => l.module));
+    const targets = savedTargetModules(this.model, c, [...this.layers.values()].map((l) => l.module));
     return {
       alpha_pattern: c.alpha_pattern,
       auto_mapping: null,
@@ -277,6 +275,24 @@ export class LoraAdapter implements AdapterMethod {
       this.tiedConfig = null;
     }
   }
+}
+
+/**
+ * target_modules as adapter_config.json records them: a list or a regex as the user gave it
+ * (full module paths stay full paths, so a subset of layers stays that subset); 'all-linear' or
+ * the model type's default resolved, as HF PEFT does, to the module-name suffixes when those select
+ * exactly the targeted modules (with the saved layers_to_transform / exclude_modules), else to
+ * the full module paths.
+ */
+export function savedTargetModules(model: CausalLM, cfg: LoraConfig, targeted: LinearModule[]): string | string[] {
+  const t = cfg.target_modules;
+  if (Array.isArray(t)) return [...t];
+  if (typeof t === 'string' && t.toLowerCase() !== 'all-linear') return t;
+  const names = new Set(targeted.map((m) => m.name));
+  const suffixes = moduleSuffixes(targeted);
+  const spec = { ...cfg, target_modules: suffixes };
+  const same = linearModules(model).every((m) => isTargeted(spec, m.name) === names.has(m.name));
+  return same ? suffixes : [...names].sort();
 }
 
 /** The full-precision delta scaling·B·A [out, in] of a layer. */
