@@ -6,7 +6,7 @@
  * rewards/margins, rewards/accuracies, logps), `train_args.json`, and with `resultJson` a summary
  * that states the reference used and the held-out metrics before → after.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { PeftError } from '../../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../../io/atomic.js';
@@ -15,10 +15,11 @@ import { DEFAULT_MODEL } from '../../paths.js';
 import { loadAdapter } from '../../peft/index.js';
 import { metricPanelsSvg } from '../../report/charts.js';
 import { noGrad, withArena } from '../../tensor/index.js';
-import { resolveCheckpoint } from '../checkpoint.js';
+import { readTrainerState, resolveCheckpoint } from '../checkpoint.js';
+import { buildProvenance, writeProvenance } from '../../lifecycle/provenance.js';
 import { loadDataset, splitIndices } from '../data/index.js';
 import { evaluate } from '../evaluate.js';
-import { DEFAULT_LR, runSummary, saveResult, setupMethod, type RunEvents, type TrainRunOptions, type TrainRunResult } from '../run.js';
+import { DEFAULT_LR, readMetricsLog, runSummary, saveResult, setupMethod, type RunEvents, type TrainRunOptions, type TrainRunResult } from '../run.js';
 import { train, TRAIN_DEFAULTS, type TrainOptions } from '../trainer.js';
 import { collateSequences, indexLoader, loadPreferenceData, type PairExample, type PreferenceData, type UnpairedExample } from './data.js';
 import { defaultPreferenceConfig, needsReference, OBJECTIVES, type Objective, type PreferenceConfig } from './losses.js';
@@ -210,9 +211,11 @@ export async function runPreferenceTraining(o: TrainRunOptions, events: RunEvent
   const metricsFile = out ? join(out, 'metrics.jsonl') : null;
   if (metricsFile && !o.resume) writeFileSync(metricsFile, '');
   if (metricsFile && o.resume && existsSync(metricsFile)) {
-    const from = (JSON.parse(readFileSync(join(resolveCheckpoint(o.resume), 'trainer_state.json'), 'utf8')) as { step: number }).step;
-    const kept = readFileSync(metricsFile, 'utf8').split('\n').filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= from);
-    writeFileSync(metricsFile, kept.map((l) => l + '\n').join(''));
+    // drop what the interrupted run logged after its checkpoint (as train/run.ts)
+    const from = readTrainerState(join(resolveCheckpoint(o.resume), 'trainer_state.json')).step;
+    const { records, dropped } = readMetricsLog(metricsFile);
+    if (dropped > 0) events.onNote?.(`${metricsFile}: dropped ${dropped} unreadable line(s) (a torn write from the interrupted run)`);
+    writeFileAtomic(metricsFile, records.filter((r) => (r.step as number) <= from).map((r) => JSON.stringify(r) + '\n').join(''));
   }
   const log = (rec: Record<string, unknown>): void => {
     if (metricsFile) appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
@@ -266,6 +269,7 @@ export async function runPreferenceTraining(o: TrainRunOptions, events: RunEvent
       events.onEval?.(step, loss);
     },
     onCheckpoint: events.onCheckpoint,
+    onNote: events.onNote,
   }, opts);
   const forgettingAfter = forgettingExamples ? evaluate(model, forgettingExamples, { batchSize, maxSeqLength }) : null;
   peakRss = Math.max(peakRss, process.memoryUsage().rss, process.resourceUsage().maxRSS * 1024);
@@ -276,13 +280,26 @@ export async function runPreferenceTraining(o: TrainRunOptions, events: RunEvent
   };
   if (out) {
     saveResult({ model, peft }, out, baseName);
-    const logged = readFileSync(metricsFile!, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as Record<string, number | string>);
+    const logged = readMetricsLog(metricsFile!).records as Array<Record<string, number | string>>;
     const shown = ['loss', 'rewards/margins', 'rewards/accuracies', 'rewards/chosen', 'rewards/rejected', objective === 'kto' ? 'kl' : 'logps/accuracies'];
     const points = logged.flatMap((r) => shown.filter((k) => typeof r[k] === 'number').map((k) => ({
       step: r.step as number, value: r[k] as number, metric: k, split: r.type === 'eval' ? 'validation' : 'train',
     })));
     writeFileAtomic(join(out, 'loss_curve.svg'), await metricPanelsSvg(points, `${objective} (${method}) on ${basename(o.data)}`));
     writeJsonAtomic(join(out, 'train_args.json'), { ...stripUndefined(o), summary: setup.summary, reference: refDescription });
+    if (peft) {
+      const steps = result.steps;
+      writeProvenance(out, buildProvenance({
+        baseDir: o.model ?? DEFAULT_MODEL, baseName, method, peftType: String(peft.get('default').config().peft_type),
+        trainArgs: { ...stripUndefined(o), reference: refDescription } as Record<string, unknown>,
+        data: [{ role: 'train', path: o.data }, { role: 'validation', path: o.valData }, { role: 'forgetting', path: o.forgettingData }, { role: 'starting adapter', path: o.adapter ? join(o.adapter, 'adapter_model.safetensors') : undefined }],
+        chatTemplate: o.chatTemplate,
+        metrics: {
+          steps: result.state.step, ...(steps.length ? { train_loss: steps[steps.length - 1].loss } : {}),
+          ...(forgettingBefore && forgettingAfter ? { forgetting_perplexity_before: forgettingBefore.perplexity, forgetting_perplexity_after: forgettingAfter.perplexity } : {}),
+        },
+      }));
+    }
   }
   const run: TrainRunResult = {
     model, peft, tokenizer, dataset: { train: [], val: [], stats: [], skippedBadLines: 0 }, result, summary: setup.summary, outputDir: out, quant: setup.quant, peakRss,
