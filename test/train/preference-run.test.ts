@@ -75,7 +75,7 @@ describe('preference runs', () => {
     it(`${objective} with ${method}: TRL metric names in metrics.jsonl, curve, adapter, summary`, async () => {
       const out = join(dir, `${objective}-${method}`);
       const r = await runTraining({
-        ...common, data: objective === 'kto' ? kto : pairs, objective, method, output: out, numVirtualTokens: 4, resultJson: join(out, 'result.json'),
+        ...common, data: objective === 'kto' ? kto : pairs, objective, method, output: out, numVirtualTokens: 4, resultJson: join(dir, `${objective}-${method}.json`),
         ...(objective === 'dpo' && method === 'lora' ? { labelSmoothing: 0.1 } : {}),
       });
       const recs = records(out);
@@ -92,7 +92,8 @@ describe('preference runs', () => {
       expect(existsSync(join(out, 'loss_curve.svg'))).toBe(true);
       expect(readFileSync(join(out, 'loss_curve.svg'), 'utf8')).toContain('rewards/margins');
       expect(existsSync(join(out, method === 'full' ? 'model.safetensors' : 'adapter_model.safetensors'))).toBe(true);
-      const summary = readJson<{ preference: { reference: string; before: Record<string, number>; after: Record<string, number> } }>(join(out, 'result.json'));
+      if (method !== 'full') expect(readJson<{ train_args: { objective: string } }>(join(out, 'training_provenance.json')).train_args.objective).toBe(objective);
+      const summary = readJson<{ preference: { reference: string; before: Record<string, number>; after: Record<string, number> } }>(join(dir, `${objective}-${method}.json`));
       expect(summary.preference.reference).toBe(method === 'full' ? 'precomputed' : objective === 'orpo' || objective === 'simpo' ? 'none' : 'base');
       expect(summary.preference.before.loss).toBeCloseTo(evals[0].loss as number, 12);
       expect(r.preference?.after?.loss).toBeCloseTo(evals[2].loss as number, 12);
