@@ -222,7 +222,15 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
 }
 
 function buildApp(ctx: Ctx): FastifyInstance {
-  const app = Fastify({ bodyLimit: ctx.opts.bodyLimit, logger: false, forceCloseConnections: true, return503OnClosing: true });
+  const app = Fastify({
+    bodyLimit: ctx.opts.bodyLimit, logger: false, forceCloseConnections: true, return503OnClosing: true,
+    // the router's own errors (a malformed %-escape, an over-long URL parameter) in the OpenAI shape
+    frameworkErrors: (err, _req, reply) => {
+      const long = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
+      const e = new ApiError(long ? 414 : 400, long ? 'a URL component is too long' : 'the URL is malformed', null, long ? 'url_too_long' : 'invalid_url');
+      void (reply as unknown as FastifyReply).code(e.status).send(errorBody(e));
+    },
+  });
   // any content type is read as JSON (curl -d sends form encoding by default); an empty body is
   // no body (DELETE with a JSON content type); `__proto__` / `constructor.prototype` keys are refused
   app.removeAllContentTypeParsers();
