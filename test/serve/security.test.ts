@@ -18,6 +18,7 @@ import { publicAdapterError, scrubPaths } from '../../src/serve/adapter-source.j
 import { startServer, type RunningServer } from '../../src/serve/server.js';
 import { PeftError } from '../../src/errors.js';
 import { STORIES } from '../helpers.js';
+import { serveCommand } from '../../src/cli/serve.js';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -123,6 +124,22 @@ describe('API key', () => {
     expect([needsKey('GET', '/health'), needsKey('GET', '/metrics?x'), needsKey('OPTIONS', '/v1/models'), needsKey('GET', '/v1/models'), needsKey('GET', '//health')]).toEqual([false, false, false, true, true]);
     for (const h of ['127.0.0.1', '127.1.2.3', 'localhost', '::1', '[::1]', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1']) expect(isLoopbackHost(h), h).toBe(true);
     for (const h of ['0.0.0.0', '::', '192.168.1.2', '10.0.0.1', 'example.com', '128.0.0.1', '::2']) expect(isLoopbackHost(h), h).toBe(false);
+  });
+
+  it('peft serve: --host 0.0.0.0 needs a key (PEFT_API_KEY counts)', async () => {
+    const run = (args: string[]): Promise<unknown> => serveCommand().exitOverride().parseAsync(['--port', '0', ...args], { from: 'user' });
+    const saved = process.env.PEFT_API_KEY;
+    try {
+      delete process.env.PEFT_API_KEY;
+      await expect(run(['--host', '0.0.0.0'])).rejects.toThrow(/--host: refusing to listen on 0\.0\.0\.0 without an API key.*--insecure/);
+      // with the key from the environment the host passes; the next check (the adapter dir) fails
+      process.env.PEFT_API_KEY = 'k';
+      await expect(run(['--host', '0.0.0.0', '--adapter-dir', join(t, 'missing')])).rejects.toThrow(/--adapter-dir: the adapter directory does not exist/);
+      await expect(run(['--host', '0.0.0.0', '--api-key', '', '--adapter-dir', join(t, 'missing')])).rejects.toThrow(/API key is empty/);
+    } finally {
+      if (saved === undefined) delete process.env.PEFT_API_KEY;
+      else process.env.PEFT_API_KEY = saved;
+    }
   });
 
   it('a non-loopback host without a key is refused before the model loads (unless --insecure)', async () => {
