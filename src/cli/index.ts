@@ -46,7 +46,11 @@ export async function main(argv = process.argv): Promise<void> {
       // file-system errors (EEXIST, EISDIR, ENOENT, EACCES, ENOSPC…): the message names the path
       process.stderr.write(`peft: error: ${errno.message}\n`);
     } else {
-      throw e;
+      // anything else is a bug of ours, not the user's input: one line, never a stack trace
+      // (PEFT_DEBUG=1 prints it for a bug report)
+      const message = e instanceof Error ? `${e.name}: ${e.message.split('\n')[0]}` : String(e);
+      process.stderr.write(`peft: internal error: ${message} (set PEFT_DEBUG=1 for details)\n`);
+      if (process.env.PEFT_DEBUG) process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
     }
     process.exitCode = 1;
   }
