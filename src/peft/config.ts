@@ -4,9 +4,10 @@
  * Unknown keys in a file are ignored; a known key with a bad value is a PeftError naming the file
  * and the key.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
+import { readJsonObject } from '../io/files.js';
 
 export type PeftType = 'LORA' | 'IA3' | 'PREFIX_TUNING' | 'PROMPT_TUNING' | 'BOTTLENECK';
 export const PEFT_TYPES: PeftType[] = ['LORA', 'IA3', 'PREFIX_TUNING', 'PROMPT_TUNING', 'BOTTLENECK'];
@@ -215,13 +216,7 @@ export function requireSavedKeys(raw: Json, peftType: PeftType, file: string): v
 export function readAdapterConfig(dir: string): { raw: Json; peftType: PeftType; file: string } {
   const file = join(dir, 'adapter_config.json');
   if (!existsSync(file)) throw new PeftError('adapter_config.json not found', { file: dir, expected: 'an adapter directory (adapter_config.json + adapter_model.safetensors)' });
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new PeftError('invalid JSON', { file, found: (e as Error).message });
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new PeftError('not a JSON object', { file });
+  const raw = readJsonObject(file, { what: 'adapter_config.json (a JSON object)', maxBytes: 16 * 2 ** 20 });
   const t = (raw as Json).peft_type;
   if (typeof t !== 'string' || !(PEFT_TYPES as string[]).includes(t))
     throw new PeftError('unsupported peft_type', { file, field: 'peft_type', expected: PEFT_TYPES.join(', '), found: JSON.stringify(t) });

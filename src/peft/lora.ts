@@ -19,6 +19,7 @@ import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 import { gaussian, uniformRng } from '../tensor/random.js';
 import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry.js';
+import { checkLoraSizes } from './preflight.js';
 
 /** The LoRA branch on one linear module. */
 export interface LoraLayer {
@@ -347,6 +348,7 @@ export function loadLoraTensors(a: LoraAdapter, tensors: TensorMap, file: string
 
 registerAdapterLoader('LORA', (model, raw, tensors, files) => {
   const cfg = parseLoraConfig(raw, files.config);
+  checkLoraSizes(model, cfg, tensors, files); // before the adapter allocates r × width per module
   const a = new LoraAdapter(model, cfg);
   loadLoraTensors(a, tensors, files.tensors);
   return a;
