@@ -23,6 +23,7 @@ import { createLoader, loadDataset, type Dataset, type TrainBatch } from './data
 import { evaluate, type EvalResult } from './evaluate.js';
 import { batchLoss, fullFineTuneParameters } from './methods.js';
 import { readTrainerState, resolveCheckpoint } from './checkpoint.js';
+import { buildProvenance, writeProvenance, type RunMetrics } from '../lifecycle/provenance.js';
 import { train, TRAIN_DEFAULTS, type StepMetrics, type TrainOptions, type TrainResult } from './trainer.js';
 
 export type MethodName = 'lora' | 'qlora' | 'full' | 'adapter' | 'prefix' | 'prompt' | 'ia3';
@@ -267,6 +268,7 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
     const points = logged.map((m) => ({ step: m.step, loss: m.loss, split: m.type === 'eval' ? 'validation' : 'train' }));
     writeFileAtomic(join(out, 'loss_curve.svg'), await lossCurveSvg(points, `${o.method ?? 'lora'} on ${basename(o.data)}`));
     writeJsonAtomic(join(out, 'train_args.json'), { ...stripUndefined(o), summary: setup.summary });
+    if (peft) writeRunProvenance(out, o, peft, result, forgettingBefore, forgettingAfter, newDomainBefore);
   }
   const run: TrainRunResult = {
     model, peft, tokenizer, dataset, result, summary: setup.summary, outputDir: out, quant: setup.quant, peakRss,
@@ -276,6 +278,26 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   };
   if (o.resultJson) writeJsonAtomic(o.resultJson, runSummary(run, o, setup.params));
   return run;
+}
+
+/** training_provenance.json + the model card (src/lifecycle/provenance.ts) for an adapter run. */
+function writeRunProvenance(out: string, o: TrainRunOptions, peft: PeftModel, result: TrainResult, fBefore: EvalResult | null, fAfter: EvalResult | null, vBefore: EvalResult | null): void {
+  const evals = result.evals;
+  const last = evals[evals.length - 1];
+  const steps = result.steps;
+  const metrics: RunMetrics = {
+    steps: result.state.step,
+    ...(steps.length ? { train_loss: steps[steps.length - 1].loss } : {}),
+    ...(vBefore ? { eval_loss_before: vBefore.loss, eval_perplexity_before: vBefore.perplexity } : {}),
+    ...(last ? { eval_loss: last.loss, eval_perplexity: last.perplexity } : {}),
+    ...(fBefore && fAfter ? { forgetting_perplexity_before: fBefore.perplexity, forgetting_perplexity_after: fAfter.perplexity } : {}),
+  };
+  writeProvenance(out, buildProvenance({
+    baseDir: o.model ?? DEFAULT_MODEL, baseName: o.model ?? basename(DEFAULT_MODEL), method: o.method ?? 'lora',
+    peftType: String(peft.get('default').config().peft_type), trainArgs: stripUndefined(o) as Record<string, unknown>,
+    data: [{ role: 'train', path: o.data }, { role: 'validation', path: o.valData }, { role: 'forgetting', path: o.forgettingData }],
+    chatTemplate: o.chatTemplate, metrics,
+  }));
 }
 
 /**
@@ -304,7 +326,7 @@ function readTextFileLenient(file: string): string {
 }
 
 /** The files a run writes into `--output`, which must not be directories. */
-const OUTPUT_FILES = ['adapter_model.safetensors', 'adapter_config.json', 'model.safetensors', 'config.json', 'metrics.jsonl', 'loss_curve.svg', 'train_args.json'];
+const OUTPUT_FILES = ['adapter_model.safetensors', 'adapter_config.json', 'model.safetensors', 'config.json', 'metrics.jsonl', 'loss_curve.svg', 'train_args.json', 'training_provenance.json', 'README.md'];
 
 /**
  * Checks before training that every output can be written: `--output` is a directory or can be
