@@ -79,7 +79,7 @@ function ours(level: string, threads: number): { kernel: string; rates: Rate[] }
 function openblas(threads: number): { blas: string; rates: Rate[] } | null {
   const py = ['.venv-ref/bin/python', '.venv-ref/bin/python3'].find((p) => existsSync(p));
   if (!py) return null;
-  const env = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
+  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
   const r = spawnSync(py, ['bench/ref_gemm.py', ...shapes.map(([M, N, K]) => `${M},${N},${K}`)], { env, encoding: 'utf8' });
