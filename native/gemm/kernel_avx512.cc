@@ -193,7 +193,7 @@ PEFT_AVX512 void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count,
   while (idx < end) {
     int64_t b = idx / q.blocksize;
     int64_t stop = std::min(end, (b + 1) * q.blocksize);
-    const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(q.block_absmax(b)));
+    const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(q4_block_absmax_plain(q, b)));
     if ((idx & 1) && idx < stop) {  // odd start: the low nibble of its byte
       __m512 v = _mm512_permutexvar_ps(_mm512_set1_epi32(q.packed[idx >> 1] & 15), lut);
       _mm512_mask_storeu_ps(out, 1, v);

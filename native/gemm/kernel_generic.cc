@@ -34,6 +34,8 @@ void widen_bf16_generic(const uint16_t* s, int64_t n, float* d) {
   }
 }
 
+__attribute__((noinline)) float q4_block_absmax_plain(const Q4Matrix& q, int64_t b) { return q.block_absmax(b); }
+
 void decode_q4_generic(const Q4Matrix& q, int64_t idx, int64_t count, float* out) {
   int64_t end = idx + count;
   while (idx < end) {

@@ -40,6 +40,9 @@ void micro_kernel_generic(int64_t kc, const float* a, const float* b, float* c, 
 void pack_rows_transposed_generic(const float* s, int64_t ld, int64_t kc, float* d);
 void widen_bf16_generic(const uint16_t* s, int64_t n, float* d);
 void decode_q4_generic(const Q4Matrix& q, int64_t idx, int64_t count, float* out);
+// q.block_absmax(b) compiled without FMA contraction (kernel_generic.cc), so the AVX-512 decoder
+// reproduces bitsandbytes' double-quantized absmax (a product, then a sum) bit for bit.
+float q4_block_absmax_plain(const Q4Matrix& q, int64_t b);
 
 #if defined(__x86_64__) || defined(__i386__)
 void micro_kernel_avx2(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
