@@ -364,13 +364,13 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
       let f: string, how: string;
       if (r() < 0.25) {
         const j = mutateFileJson(join(src, 'config.json'), ['quantization_config']);
-        const doc = tryJson(j.text) as Json | undefined;
+        const doc = (j.text.includes(DEEP_TEXT) ? undefined : tryJson(j.text)) as Json | undefined;
         // mutate inside quantization_config most of the time
         if (doc && typeof doc === 'object' && doc.quantization_config && typeof doc.quantization_config === 'object' && r() < 0.7) {
-          const q = mutateJson(r, JSON.stringify(doc.quantization_config));
+          const q = mutateJson(r, stringify(doc.quantization_config));
           const qv = tryJson(q.text);
           doc.quantization_config = qv === undefined ? q.text : qv;
-          f = scratchWith(src, scratch, 'config.json', JSON.stringify(doc));
+          f = scratchWith(src, scratch, 'config.json', stringify(doc));
           how = `quantization_config: ${q.how}`;
         } else {
           f = scratchWith(src, scratch, 'config.json', j.text);
