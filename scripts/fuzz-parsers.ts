@@ -368,9 +368,11 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
         // mutate inside quantization_config most of the time
         if (doc && typeof doc === 'object' && doc.quantization_config && typeof doc.quantization_config === 'object' && r() < 0.7) {
           const q = mutateJson(r, stringify(doc.quantization_config));
-          const qv = tryJson(q.text);
-          doc.quantization_config = qv === undefined ? q.text : qv;
-          f = scratchWith(src, scratch, 'config.json', stringify(doc));
+          const deep = q.text.includes(DEEP_TEXT);
+          const qv = deep ? undefined : tryJson(q.text);
+          doc.quantization_config = deep ? '__QC__' : qv === undefined ? q.text : qv;
+          const text = stringify(doc);
+          f = scratchWith(src, scratch, 'config.json', deep ? text.replace('"__QC__"', () => q.text) : text);
           how = `quantization_config: ${q.how}`;
         } else {
           f = scratchWith(src, scratch, 'config.json', j.text);
