@@ -11,6 +11,8 @@ import { serveCommand } from './serve.js';
 import { exportCommand } from './export.js';
 import { combineCommand } from './combine.js';
 import { compareCommand, mainCommand } from './compare.js';
+import { doctorCommand } from './doctor.js';
+import { registryCommand } from './registry.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
@@ -27,6 +29,8 @@ export function buildProgram(): Command {
   program.addCommand(serveCommand());
   program.addCommand(combineCommand());
   program.addCommand(compareCommand());
+  program.addCommand(doctorCommand());
+  program.addCommand(registryCommand());
   return program;
 }
 
