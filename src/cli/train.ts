@@ -29,6 +29,7 @@ export function trainCommand(): Command {
     .option('--bottleneck-size <n>', 'bottleneck adapter: explicit bottleneck width', int('--bottleneck-size', 1))
     .option('--placement <p>', 'bottleneck adapter: houlsby (after attention and MLP) | pfeiffer (after MLP)')
     .option('--non-linearity <f>', 'bottleneck adapter: relu | gelu | gelu_tanh | silu')
+    .option('--gradient-checkpointing', 'recompute each decoder block in backward instead of keeping its activations: less memory, about one more forward pass per step')
     .option('--max-steps <n>', 'optimizer steps', int('--max-steps', 1), 200)
     .option('--batch-size <n>', 'rows per micro-batch', int('--batch-size', 1), 8)
     .option('--grad-accum <n>', 'micro-batches per optimizer step', int('--grad-accum', 1), 1)
@@ -102,6 +103,7 @@ export function trainCommand(): Command {
       checkpointEvery: o.checkpointEvery as number,
       resume: o.resume as string | undefined,
       skipBadLines: Boolean(o.skipBadLines),
+      gradientCheckpointing: Boolean(o.gradientCheckpointing),
       chatTemplate: o.chatTemplate ? readFileSync(o.chatTemplate as string, 'utf8') : undefined,
     };
     const bar = trainingProgress();

@@ -9,7 +9,7 @@ import { basename, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import type { CausalLM } from '../models/llama.js';
+import { setGradientCheckpointing, type CausalLM } from '../models/llama.js';
 import { loadModel } from '../models/load.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
@@ -78,6 +78,8 @@ export interface TrainRunOptions extends Partial<TrainOptions> {
   output?: string;
   /** Cap on validation examples scored at each evaluation (0 = all). */
   maxEvalExamples?: number;
+  /** Recompute each decoder block in backward instead of keeping its activations (less memory, ~1 more forward). */
+  gradientCheckpointing?: boolean;
 }
 
 export interface RunEvents {
@@ -187,6 +189,7 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   let peakRss = rss();
   const setup = setupMethod(o);
   const { model, tokenizer, peft, params } = setup;
+  setGradientCheckpointing(model, o.gradientCheckpointing ?? false);
   const maxSeqLength = o.maxSeqLength ?? 256;
   const dataset = loadDataset(o.data, tokenizer, {
     maxSeqLength, textSplit: o.textSplit, skipBadLines: o.skipBadLines, valFraction: o.valData ? undefined : (o.valFraction ?? 0.05),
