@@ -17,6 +17,7 @@ export function trainCommand(): Command {
     .option('--lora-dropout <p>', 'dropout on the LoRA input while training', float('--lora-dropout', 0, 0.999), 0.05)
     .option('--target-modules <list>', 'comma-separated module names, a regex, or all-linear (LoRA default: all-linear; IA3 default: the model type\'s)')
     .option('--use-rslora', 'scale by alpha/sqrt(r) (rank-stabilised LoRA)')
+    .option('--use-dora', 'DoRA: LoRA on the direction plus a trained magnitude per output row (lora/qlora)')
     .option('--modules-to-save <list>', 'modules trained in full and saved with the adapter (e.g. lm_head)', list)
     .option('--quant-type <type>', 'QLoRA base quantization: nf4 | fp4', 'nf4')
     .option('--feedforward-modules <list>', 'IA3: modules whose input is scaled (default: the model type\'s, e.g. down_proj)', list)
@@ -69,6 +70,7 @@ export function trainCommand(): Command {
       targetModules: o.targetModules === undefined ? undefined
         : targets === 'all-linear' || (!targets.includes(',') && /[\\^$*+?()[\]|]/.test(targets)) ? targets : list(targets),
       useRslora: Boolean(o.useRslora),
+      useDora: Boolean(o.useDora),
       modulesToSave: o.modulesToSave as string[] | undefined,
       quantType: o.quantType as 'nf4' | 'fp4',
       feedforwardModules: o.feedforwardModules as string[] | undefined,

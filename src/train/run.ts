@@ -44,6 +44,8 @@ export interface TrainRunOptions extends Partial<TrainOptions> {
   loraDropout?: number;
   targetModules?: string | string[];
   useRslora?: boolean;
+  /** DoRA (weight-decomposed LoRA; PEFT use_dora) instead of plain LoRA. */
+  useDora?: boolean;
   modulesToSave?: string[];
   initLoraWeights?: boolean | 'gaussian';
   /** QLoRA base */
@@ -137,6 +139,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
         lora_dropout: o.loraDropout ?? 0.05,
         target_modules: o.targetModules ?? 'all-linear',
         use_rslora: o.useRslora ?? false,
+        use_dora: o.useDora ?? false,
         modules_to_save: o.modulesToSave ?? null,
         init_lora_weights: o.initLoraWeights ?? true,
       }, 'training options'), seed);
