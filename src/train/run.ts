@@ -124,7 +124,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   }
   // a bitsandbytes 4-bit checkpoint (e.g. from `peft quantize`) is a QLoRA base as it is
   const model = isBnb4bitCheckpoint(dir) ? loadBnbCheckpoint(dir)
-    : method === 'qlora' ? loadModelQuantized(dir, { quantType: o.quantType ?? 'nf4' }) : loadModel(dir);
+    : method === 'qlora' ? loadModelQuantized(dir, { quantType: o.quantType ?? 'nf4', dtype: 'auto' }) : loadModel(dir);
   const peft = new PeftModel(model);
   const seed = o.seed ?? 0;
   const common = { base_model_name_or_path: baseName };
