@@ -20,7 +20,7 @@
  */
 import { native } from '../native/index.js';
 import { allocF32, dropout, gemmWeight, gradOf, linear, noGrad, record, releaseF32, Tensor, weightToF32, type Weight, type WeightData } from '../tensor/index.js';
-import { loraRows, rowsOf, type LoraLayer, type LoraVariant } from './lora.js';
+import { addDelta, loraRows, rowsOf, type LoraLayer, type LoraVariant } from './lora.js';
 
 /** ‖W[o]‖² per row of frozen bf16 / 4-bit storage (never changed in place), by storage object. */
 const rowNormCache = new WeakMap<WeightData, Float64Array>();
@@ -169,21 +169,10 @@ export const doraVariant: LoraVariant = {
     releaseF32(lora);
   },
   mergeInto(l, w) {
-    // PEFT merge: the norm of the unmerged weight, kept for unmerge
+    // PEFT merge: the norm of the unmerged weight (the module still holds it); the bias is unchanged
     const n = doraWeightNorm(l);
-    l.mergeNorm = n;
-    const m = l.module;
-    native.gemm(false, false, m.outFeatures, m.inFeatures, l.r, l.scaling, l.B.data, l.r, l.A.data, m.inFeatures, 1, w, m.inFeatures);
-    scaleRows(w, magnitudeScale(l, n), m.inFeatures);
-  },
-  unmergeFrom(l, w) {
-    const m = l.module;
-    const c = magnitudeScale(l, l.mergeNorm!);
-    const inv = new Float32Array(c.length);
-    for (let o = 0; o < c.length; o++) inv[o] = 1 / c[o];
-    scaleRows(w, inv, m.inFeatures);
-    native.gemm(false, false, m.outFeatures, m.inFeatures, l.r, -l.scaling, l.B.data, l.r, l.A.data, m.inFeatures, 1, w, m.inFeatures);
-    l.mergeNorm = null;
+    addDelta(l, w);
+    scaleRows(w, magnitudeScale(l, n), l.module.inFeatures);
   },
   tensors: (l) => [['lora_magnitude_vector', l.magnitude!]],
 };
