@@ -18,6 +18,8 @@ export function serveCommand(): Command {
     .description('serve the model and adapters over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /v1/adapters, /health, /metrics)')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled stories260K)')
     .option('--adapter <name=dir>', 'load an adapter under a name (repeatable); requests select it with "model": NAME', adapterSpec)
+    .option('--registry <dir>', 'serve adapters only from this registry: "model": NAME (its prod tag, reloaded when the tag moves) or NAME@N')
+    .option('--registry-poll-ms <n>', 'how often the registry\'s tags are read', int('--registry-poll-ms', 10), 500)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on', int('--port'), 8000)
     .option('--served-model-name <id>', "the base model's id in the API (default: the model directory's name)")
@@ -33,16 +35,18 @@ export function serveCommand(): Command {
   cmd.action(async (raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as {
       model?: string; adapter?: Array<{ name: string; path: string }> | string[]; host: string; port: number; servedModelName?: string;
-      maxBatch: number; maxQueue: number; requestTimeout: number; bodyLimit: number; maxPrefillTokens: number; stopIds?: number[]; quantize?: string; threads?: number;
+      maxBatch: number; maxQueue: number; requestTimeout: number; bodyLimit: number; maxPrefillTokens: number; stopIds?: number[]; quantize?: string; threads?: number; registry?: string; registryPollMs: number;
     };
     // a config file gives adapters as a list of "NAME=DIR" strings or {name, path} objects
     const adapters = (o.adapter ?? []).flatMap((a) => (typeof a === 'string' ? adapterSpec(a) : [a]));
     const opts: ServeOptions = {
       model: o.model, modelId: o.servedModelName, adapters, host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue,
       requestTimeoutMs: o.requestTimeout * 1000, bodyLimit: o.bodyLimit, maxPrefillTokens: o.maxPrefillTokens, stopIds: o.stopIds, quantize: o.quantize, threads: o.threads,
+      registry: o.registry, registryPollMs: o.registryPollMs,
     };
     const server = await startServer(opts);
-    process.stdout.write(`serving ${server.modelId}${adapters.length ? ` with adapters ${adapters.map((a) => a.name).join(', ')}` : ''} on ${server.url}\n`);
+    const served = o.registry ? server.scheduler.listAdapters().map((a) => a.name) : adapters.map((a) => a.name);
+    process.stdout.write(`serving ${server.modelId}${served.length ? ` with adapters ${served.join(', ')}` : ''}${o.registry ? ` from registry ${o.registry}` : ''} on ${server.url}\n`);
     let stopping = false;
     const stop = (): void => {
       if (stopping) return;

@@ -42,6 +42,7 @@ import {
 } from './openai.js';
 import { Scheduler, type AdapterEntry, type JobHandlers, type JobSpec } from './scheduler.js';
 import type { ModelInfo } from './worker.js';
+import { RegistrySource } from './registry-source.js';
 
 import { DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE } from '../train/data/chat.js';
 export { DEFAULT_CHAT_STOP, DEFAULT_CHAT_TEMPLATE };
@@ -78,6 +79,10 @@ export interface ServeOptions {
   threads?: number;
   /** Process metrics (CPU, memory, event loop lag) in /metrics. Default true. */
   defaultMetrics?: boolean;
+  /** Serve adapters only from this registry: `NAME` (its prod tag, followed as it moves) and `NAME@N` (src/serve/registry-source.ts). */
+  registry?: string;
+  /** How often the registry's tags are read (ms). Default 500. */
+  registryPollMs?: number;
   /** For tests: sleep between decoding steps in the model thread. */
   stepDelayMs?: number;
 }
@@ -106,6 +111,7 @@ interface Ctx {
   info: ModelInfo;
   scheduler: Scheduler;
   metrics: ServeMetrics;
+  registry: RegistrySource | null;
 }
 
 /** Loads the model (in its thread), builds the app and listens. */
@@ -119,6 +125,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     if (!ADAPTER_NAME.test(a.name)) throw new PeftError('invalid adapter name', { field: '--adapter', expected: '1-128 letters, digits, _ . -', found: JSON.stringify(a.name) });
     if (a.name === modelId) throw new PeftError("an adapter cannot be named after the base model's id", { field: '--adapter', found: JSON.stringify(a.name) });
   }
+  if (opts.registry && opts.adapters?.length) throw new PeftError('with --registry, adapters are served only from the registry', { field: '--adapter', expected: 'no --adapter with --registry' });
   const names = (opts.adapters ?? []).map((a) => a.name);
   const dup = names.find((n, i) => names.indexOf(n) !== i);
   if (dup) throw new PeftError('adapter name given twice', { field: '--adapter', found: JSON.stringify(dup) });
@@ -137,7 +144,17 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   } catch (e) {
     throw new PeftError(`cannot start the model: ${(e as Error).message}`);
   }
-  const ctx: Ctx = { opts, modelId, modelDir, created: Math.floor(Date.now() / 1000), tok, chat, info, scheduler, metrics };
+  let registry: RegistrySource | null = null;
+  if (opts.registry) {
+    registry = new RegistrySource(resolve(opts.registry), scheduler, modelDir, opts.registryPollMs);
+    try {
+      await registry.start();
+    } catch (e) {
+      await scheduler.close();
+      throw e;
+    }
+  }
+  const ctx: Ctx = { opts, modelId, modelDir, created: Math.floor(Date.now() / 1000), tok, chat, info, scheduler, metrics, registry };
   const app = buildApp(ctx);
   try {
     await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8000 });
@@ -150,6 +167,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   return {
     app, url, scheduler, metrics, modelId,
     close: async () => {
+      registry?.stop();
       await app.close();
       await scheduler.close();
     },
@@ -207,10 +225,13 @@ function buildApp(ctx: Ctx): FastifyInstance {
       chat_template: ctx.chat.isDefault ? 'default-chatml' : 'tokenizer',
     };
 
-  app.get('/v1/models', async () => ({ object: 'list', data: [modelCard(null), ...ctx.scheduler.listAdapters().map(modelCard)] }));
+  const aliasCards = (): Array<Record<string, unknown>> => (ctx.registry?.listAliases() ?? []).map((a) => ({ ...modelCard(a.target), id: a.name, version: a.target.name }));
+  app.get('/v1/models', async () => ({ object: 'list', data: [modelCard(null), ...aliasCards(), ...ctx.scheduler.listAdapters().map(modelCard)] }));
   app.get('/v1/models/:id', async (req) => {
     const id = (req.params as { id: string }).id;
     if (id === ctx.modelId) return modelCard(null);
+    const alias = aliasCards().find((c) => c.id === id);
+    if (alias) return alias;
     const a = ctx.scheduler.adapter(id);
     if (!a) throw modelNotFound(id);
     return modelCard(a);
@@ -220,7 +241,11 @@ function buildApp(ctx: Ctx): FastifyInstance {
     object: 'list',
     data: ctx.scheduler.listAdapters().map((a) => ({ object: 'adapter', id: a.name, path: a.path, peft_type: a.info.peftType, created: a.created, in_flight: a.refs })),
   }));
+  const registryOnly = (): void => {
+    if (ctx.registry) throw new ApiError(403, 'this server serves adapters only from its registry (peft registry push / tag / promote)', null, 'registry_only');
+  };
   app.post('/v1/adapters', async (req) => {
+    registryOnly();
     const body = req.body;
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ApiError(400, 'request body must be a JSON object {"name", "path"}', null, 'invalid_type');
     const { name, path } = body as Record<string, unknown>;
@@ -232,6 +257,7 @@ function buildApp(ctx: Ctx): FastifyInstance {
     return { object: 'adapter', id: a.name, path: a.path, peft_type: a.info.peftType, created: a.created };
   });
   app.delete('/v1/adapters/:name', async (req) => {
+    registryOnly();
     const name = (req.params as { name: string }).name;
     const inFlight = await ctx.scheduler.unloadAdapter(name);
     return { object: 'adapter', id: name, deleted: true, in_flight: inFlight };
@@ -298,7 +324,10 @@ async function generation(ctx: Ctx, kind: 'completion' | 'chat', req: FastifyReq
   const p: GenerationParams & { prompts?: Array<string | number[]>; messages?: ChatMessageIn[] } = chat ? parseChatRequest(req.body) : parseCompletionRequest(req.body);
   let adapter: AdapterEntry | null = null;
   if (p.model !== ctx.modelId) {
-    adapter = ctx.scheduler.adapter(p.model) ?? null;
+    // registry: load NAME@N on first use; the lookup itself is synchronous up to submit, so a tag
+    // move cannot unload the adapter between lookup and admission
+    if (ctx.registry) await ctx.registry.ensure(p.model);
+    adapter = (ctx.registry ? ctx.registry.lookup(p.model) : ctx.scheduler.adapter(p.model)) ?? null;
     if (!adapter) throw modelNotFound(p.model);
   }
   const maxPos = ctx.info.maxPositionEmbeddings;
