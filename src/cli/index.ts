@@ -13,6 +13,7 @@ import { combineCommand } from './combine.js';
 import { compareCommand, mainCommand } from './compare.js';
 import { doctorCommand } from './doctor.js';
 import { registryCommand } from './registry.js';
+import { deployCommand } from './deploy.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   program.addCommand(compareCommand());
   program.addCommand(doctorCommand());
   program.addCommand(registryCommand());
+  program.addCommand(deployCommand());
   return program;
 }
 
