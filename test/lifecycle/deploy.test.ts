@@ -1,6 +1,6 @@
 /** peft deploy: vLLM filesystem-resolver layout and launch command; llama.cpp GGUF + llama-server line; refusals. */
 import { describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseGguf } from '../../src/io/gguf.js';
@@ -33,7 +33,10 @@ describe('peft deploy', () => {
     expect(kv.get('general.type')).toBe('adapter');
     expect(kv.get('adapter.type')).toBe('lora');
     expect(kv.get('general.name')).toBe('tales');
-    expect(() => deployLlamaCpp(LORA, out, { baseDir: join(FIXTURES, 'tiny', 'llama-gqa'), loraName: 't' })).toThrow(/--base-gguf/);
+    const noGguf = join(out, 'base');
+    mkdirSync(noGguf);
+    for (const f of ['config.json', 'model.safetensors']) copyFileSync(join(STORIES, f), join(noGguf, f));
+    expect(() => deployLlamaCpp(LORA, out, { baseDir: noGguf, loraName: 't' })).toThrow(/--base-gguf: which GGUF base model/);
     expect(existsSync(join(out, 'launch.sh'))).toBe(true);
   });
 });
