@@ -14,6 +14,7 @@ import { compareCommand, mainCommand } from './compare.js';
 import { doctorCommand } from './doctor.js';
 import { registryCommand } from './registry.js';
 import { deployCommand } from './deploy.js';
+import { exportJobCommand } from './export-job.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   program.addCommand(doctorCommand());
   program.addCommand(registryCommand());
   program.addCommand(deployCommand());
+  program.addCommand(exportJobCommand());
   return program;
 }
 
