@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { readTextFile } from '../io/files.js';
 import { runTraining, METHODS, type MethodName, type TrainRunOptions } from '../train/run.js';
+import { OBJECTIVES } from '../train/preference/losses.js';
 import { float, int, list, requireOptions, withConfigFile } from './options.js';
 import { trainingProgress } from './progress.js';
 
@@ -17,6 +18,7 @@ export function trainCommand(): Command {
     .option('--lora-dropout <p>', 'dropout on the LoRA input while training', float('--lora-dropout', 0, 0.999), 0.05)
     .option('--target-modules <list>', 'comma-separated module names, a regex, or all-linear (LoRA default: all-linear; IA3 default: the model type\'s)')
     .option('--use-rslora', 'scale by alpha/sqrt(r) (rank-stabilised LoRA)')
+    .option('--use-dora', 'DoRA: LoRA on the direction plus a trained magnitude per output row (lora/qlora)')
     .option('--modules-to-save <list>', 'modules trained in full and saved with the adapter (e.g. lm_head)', list)
     .option('--quant-type <type>', 'QLoRA base quantization: nf4 | fp4', 'nf4')
     .option('--feedforward-modules <list>', 'IA3: modules whose input is scaled (default: the model type\'s, e.g. down_proj)', list)
@@ -29,6 +31,7 @@ export function trainCommand(): Command {
     .option('--bottleneck-size <n>', 'bottleneck adapter: explicit bottleneck width', int('--bottleneck-size', 1))
     .option('--placement <p>', 'bottleneck adapter: houlsby (after attention and MLP) | pfeiffer (after MLP)')
     .option('--non-linearity <f>', 'bottleneck adapter: relu | gelu | gelu_tanh | silu')
+    .option('--gradient-checkpointing', 'recompute each decoder block in backward instead of keeping its activations: less memory, about one more forward pass per step')
     .option('--max-steps <n>', 'optimizer steps', int('--max-steps', 1), 200)
     .option('--batch-size <n>', 'rows per micro-batch', int('--batch-size', 1), 8)
     .option('--grad-accum <n>', 'micro-batches per optimizer step', int('--grad-accum', 1), 1)
@@ -53,6 +56,15 @@ export function trainCommand(): Command {
     .option('--forgetting-data <file>', 'text of the base model\'s own domain: perplexity before and after measures forgetting')
     .option('--max-forgetting-examples <n>', 'score at most N forgetting examples (0 = all)', int('--max-forgetting-examples'), 0)
     .option('--result-json <file>', 'write a JSON summary of the run (metrics, perplexities, memory, time)')
+    .option('--adapter <dir>', 'continue training this existing adapter (e.g. an SFT adapter) instead of a new one; with dpo/ipo/kto it is also the frozen reference')
+    .option('--objective <name>', `training objective: sft | ${OBJECTIVES.join(' | ')} (preference objectives read {"prompt","chosen","rejected"} data; kto reads {"prompt","completion","label"})`, 'sft')
+    .option('--beta <x>', 'preference objectives: β (default 0.1; simpo 2.0)', float('--beta', 0))
+    .option('--label-smoothing <x>', 'dpo/simpo: probability that a preference is flipped (conservative DPO)', float('--label-smoothing', 0, 0.4999))
+    .option('--simpo-gamma <x>', 'simpo: target reward margin γ (default 0.5)', float('--simpo-gamma'))
+    .option('--cpo-alpha <x>', 'simpo: weight of the NLL term on chosen completions (default 0)', float('--cpo-alpha', 0))
+    .option('--desirable-weight <x>', 'kto: weight of desirable examples (default 1)', float('--desirable-weight', 0))
+    .option('--undesirable-weight <x>', 'kto: weight of undesirable examples (default 1)', float('--undesirable-weight', 0))
+    .option('--precompute-ref-logps', 'dpo/ipo: compute the reference log-probabilities once before training and cache them (always with --method full)')
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action(async (raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as Record<string, unknown>;
@@ -69,6 +81,7 @@ export function trainCommand(): Command {
       targetModules: o.targetModules === undefined ? undefined
         : targets === 'all-linear' || (!targets.includes(',') && /[\\^$*+?()[\]|]/.test(targets)) ? targets : list(targets),
       useRslora: Boolean(o.useRslora),
+      useDora: Boolean(o.useDora),
       modulesToSave: o.modulesToSave as string[] | undefined,
       quantType: o.quantType as 'nf4' | 'fp4',
       feedforwardModules: o.feedforwardModules as string[] | undefined,
@@ -104,7 +117,17 @@ export function trainCommand(): Command {
       saveTotalLimit: o.saveTotalLimit as number,
       resume: o.resume as string | undefined,
       skipBadLines: Boolean(o.skipBadLines),
+      gradientCheckpointing: Boolean(o.gradientCheckpointing),
       chatTemplate: o.chatTemplate ? readTextFile(o.chatTemplate as string, { maxBytes: 4 * 2 ** 20, what: 'a Jinja chat template' }) : undefined,
+      adapter: o.adapter as string | undefined,
+      objective: o.objective as TrainRunOptions['objective'],
+      beta: o.beta as number | undefined,
+      labelSmoothing: o.labelSmoothing as number | undefined,
+      simpoGamma: o.simpoGamma as number | undefined,
+      cpoAlpha: o.cpoAlpha as number | undefined,
+      desirableWeight: o.desirableWeight as number | undefined,
+      undesirableWeight: o.undesirableWeight as number | undefined,
+      precomputeRefLogps: Boolean(o.precomputeRefLogps),
     };
     const bar = trainingProgress();
     const r = await runTraining(opts, {
@@ -115,7 +138,9 @@ export function trainCommand(): Command {
         bar.start(i.maxSteps, opts.method ?? 'lora');
       },
       onStep: (m) => bar.step(m),
-      onEval: (step, loss) => bar.log(`step ${step}: validation loss ${loss.toFixed(4)}, perplexity ${Math.exp(loss).toFixed(3)}`),
+      onEval: (step, loss) => bar.log(opts.objective && opts.objective !== 'sft'
+        ? `step ${step}: validation ${opts.objective} loss ${loss.toFixed(4)}`
+        : `step ${step}: validation loss ${loss.toFixed(4)}, perplexity ${Math.exp(loss).toFixed(3)}`),
       onCheckpoint: (dir) => bar.log(`checkpoint: ${dir}`),
       onNote: (message) => bar.log(`note: ${message}`),
     });
@@ -124,6 +149,12 @@ export function trainCommand(): Command {
     if (skipped > 0) process.stdout.write(`skipped ${skipped} malformed line(s)\n`);
     const last = r.result.steps[r.result.steps.length - 1];
     process.stdout.write(`done: ${r.result.state.step} steps, final train loss ${last ? last.loss.toFixed(4) : '-'}, ${Math.round(last?.tokensPerSecond ?? 0)} tokens/s, peak RSS ${(r.peakRss / 2 ** 20).toFixed(0)} MiB\n`);
+    const pref = r.preference;
+    if (pref) {
+      process.stdout.write(`reference: ${pref.referenceDescription}\n`);
+      const keys = ['loss', 'rewards/accuracies', 'rewards/margins', 'logps/accuracies'];
+      if (pref.before && pref.after) for (const k of keys) if (k in pref.after) process.stdout.write(`held-out ${k}: ${(pref.before[k] ?? NaN).toFixed(4)} → ${pref.after[k].toFixed(4)}\n`);
+    }
     if (r.forgetting) process.stdout.write(`forgetting: base-domain perplexity ${r.forgetting.before.perplexity.toFixed(3)} → ${r.forgetting.after.perplexity.toFixed(3)}\n`);
     if (r.outputDir) process.stdout.write(`saved to ${r.outputDir} (metrics.jsonl, loss_curve.svg)\n`);
   });
