@@ -55,7 +55,11 @@ function writeModelGguf(model: CausalLM, path: string): void {
   const c = model.config;
   const src = readGgufFile(join(DEFAULT_MODEL, 'stories260K.gguf'));
   const V = c.vocabSize;
-  const tokens = Array.from({ length: V }, (_, i) => (i < 3 ? ['<unk>', '<s>', '</s>'][i] : `<t${i}>`));
+  // llama.cpp's SPM tokenizer needs the byte tokens (<0x0A> …): keep stories260K's 512, pad with unique names
+  const srcTokens = src.kvs.find((k) => k.key === 'tokenizer.ggml.tokens')!.value as string[];
+  const srcTypes = src.kvs.find((k) => k.key === 'tokenizer.ggml.token_type')!.value as number[];
+  const tokens = Array.from({ length: V }, (_, i) => (i < srcTokens.length ? srcTokens[i] : `<t${i}>`));
+  const types = tokens.map((_, i) => (i < srcTypes.length ? srcTypes[i] : 1));
   const kvs: GgufKV[] = [
     { key: 'general.architecture', value: { type: 'STRING', value: 'llama' } },
     { key: 'general.name', value: { type: 'STRING', value: 'peft-ts bench' } },
@@ -71,11 +75,10 @@ function writeModelGguf(model: CausalLM, path: string): void {
     { key: 'tokenizer.ggml.model', value: { type: 'STRING', value: 'llama' } },
     { key: 'tokenizer.ggml.tokens', value: { type: 'ARRAY', itemType: 'STRING', value: tokens } },
     { key: 'tokenizer.ggml.scores', value: { type: 'ARRAY', itemType: 'FLOAT32', value: tokens.map(() => 0) } },
-    { key: 'tokenizer.ggml.token_type', value: { type: 'ARRAY', itemType: 'INT32', value: tokens.map((_, i) => (i === 0 ? 2 : i < 3 ? 3 : 1)) } },
+    { key: 'tokenizer.ggml.token_type', value: { type: 'ARRAY', itemType: 'INT32', value: types } },
     { key: 'tokenizer.ggml.bos_token_id', value: { type: 'UINT32', value: 1 } },
     { key: 'tokenizer.ggml.eos_token_id', value: { type: 'UINT32', value: 2 } },
   ];
-  void src;
   const t: GgufTensorToWrite[] = [];
   const emb = model.embedTokens.kind === 'f32' ? model.embedTokens.tensor.data : weightToF32(model.lmHead.weight);
   t.push({ name: 'token_embd.weight', shape: [V, c.hiddenSize], type: 'F32', data: emb });
