@@ -46,6 +46,7 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const STORIES = join(ROOT, 'models', 'stories260K');
 const LORA_FIXTURE = join(ROOT, 'test', 'fixtures', 'stories260K');
 const PREFIX_FIXTURE = join(ROOT, 'test', 'fixtures', 'peft', 'prefix');
+const TINY_GQA = join(ROOT, 'test', 'fixtures', 'tiny', 'llama-gqa');
 
 export const TARGETS = [
   'safetensors', 'adapter_config', 'adapter_tensors', 'prefix_adapter', 'config_json', 'tokenizer_json', 'gguf', 'bnb_checkpoint',
@@ -181,6 +182,8 @@ function mutateJson(r: () => number, text: string, focus?: string[]): { text: st
 interface Base {
   dir: string;
   model: CausalLM;
+  /** The base of the prefix-tuning fixture (tiny Llama with GQA). */
+  tiny: CausalLM;
   tok: Tokenizer;
   files: Record<string, string>;
 }
@@ -218,7 +221,7 @@ function buildBase(): Base {
   writeFileSync(join(ck, 'params.safetensors'), readFileSync(files.safetensors));
   writeFileSync(join(ck, 'optimizer.safetensors'), readFileSync(files.safetensors));
   files.trainer_state = join(ck, 'trainer_state.json');
-  return { dir, model: loadModel(STORIES), tok: loadTokenizer(STORIES), files };
+  return { dir, model: loadModel(STORIES), tiny: loadModel(TINY_GQA), tok: loadTokenizer(STORIES), files };
 }
 
 /** A scratch directory holding links to every file of `src` except `replace`, which gets `bytes`. */
@@ -306,7 +309,7 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
         : ['r', 'lora_alpha', 'lora_dropout', 'target_modules', 'rank_pattern', 'alpha_pattern', 'use_rslora', 'bias', 'modules_to_save', 'peft_type', 'layers_to_transform', 'init_lora_weights'];
       const j = mutateFileJson(join(src, 'adapter_config.json'), focus);
       const f = scratchWith(src, scratch, 'adapter_config.json', j.text);
-      const a = loadAdapter(new PeftModel(base.model), scratch) as unknown as { cfg: Record<string, unknown> };
+      const a = loadAdapter(new PeftModel(target === 'prefix_adapter' ? base.tiny : base.model), scratch) as unknown as { cfg: Record<string, unknown> };
       const raw = tryJson(j.text);
       checkFields(raw, a.cfg, target === 'prefix_adapter'
         ? { num_virtual_tokens: 'num_virtual_tokens', num_layers: 'num_layers', token_dim: 'token_dim' }
