@@ -1,6 +1,6 @@
 /** Loading an adapter directory named on the command line. */
 import type { SequenceSetup } from '../generate/generate.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { attachAdapters } from '../peft/attach.js';
 import type { PeftModel } from '../peft/peft-model.js';
 

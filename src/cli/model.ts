@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { loadModelAuto } from '../quant/bnb-checkpoint.js';
 import { loadModelQuantized } from '../quant/quantize-model.js';

@@ -8,8 +8,8 @@
  * - `layers_to_transform` keeps only modules of those layer indices (first numbered segment);
  * - modules in `modules_to_save` and `exclude_modules` are never targeted.
  */
-import type { CausalLM, LinearModule } from '../models/llama.js';
-import { linearModules } from '../models/llama.js';
+import type { CausalLM, LinearModule } from '../models/model.js';
+import { linearModules } from '../models/model.js';
 
 export interface TargetSpec {
   target_modules: string | string[] | null;

@@ -8,8 +8,8 @@
  * and forwards to those adapters' methods.
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM, DecoderLayer, ForwardContext, LinearModule } from '../models/llama.js';
-import { linearModules, namedParameters } from '../models/llama.js';
+import type { CausalLM, DecoderLayer, ForwardContext, LinearModule } from '../models/model.js';
+import { linearModules, namedParameters } from '../models/model.js';
 import { add, scale, Tensor } from '../tensor/index.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 

@@ -1,6 +1,6 @@
 /** Evaluation: mean loss per target token (nats) and perplexity over examples, no gradients. */
-import type { CausalLM } from '../models/llama.js';
-import { defaultContext } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
+import { defaultContext } from '../models/model.js';
 import { noGrad, withArena } from '../tensor/index.js';
 import { evalBatches, type Example } from './data/index.js';
 import { batchLoss } from './methods.js';

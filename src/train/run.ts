@@ -9,7 +9,7 @@ import { basename, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import type { CausalLM } from '../models/llama.js';
+import { decoderLinears, type CausalLM } from '../models/model.js';
 import { loadModel } from '../models/load.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
@@ -168,7 +168,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
 }
 
 function linearModulesQuantized(model: CausalLM): boolean {
-  return model.layers.some((l) => l.q.weight.data.kind === 'q4');
+  return decoderLinears(model).some((m) => m.weight.data.kind === 'q4');
 }
 
 /** Writes the trained result: the adapter (PEFT methods) or a full model directory. */
