@@ -38,7 +38,7 @@ function bestGflops(M: number, N: number, K: number, runs = 5, minTime = 0.3): n
 function numpyGflops(threads: number): Map<string, number> | null {
   const py = ['.venv-ref/bin/python', '.venv-ref/bin/python3'].find((p) => existsSync(p));
   if (!py) return null;
-  const env = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
+  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads) };
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
   const args = ['bench/ref_gemm.py', ...shapes.map(([M, N, K]) => `${M},${N},${K}`)];

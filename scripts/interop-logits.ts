@@ -14,6 +14,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { writeSafetensorsFile } from '../src/io/safetensors.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
 import { forwardHidden, lmLogits } from '../src/models/model.js';
@@ -44,27 +45,32 @@ function rng(seed: number): () => number {
   return () => u() - 0.5;
 }
 
-function logits(o: Record<string, string>): void {
+/** The `logits` command: writes o.output and returns its summary line. */
+export function logits(o: Record<string, string>): string {
   const modelDir = o.model ?? DEFAULT_MODEL;
   if (!o.adapter || !o.output) throw new Error('logits needs --adapter DIR --output FILE');
   const model = loadModel(modelDir);
-  const { peft } = attachAdapters(model, [{ name: 'a', dir: o.adapter }]);
+  attachAdapters(model, [{ name: 'a', dir: o.adapter }]);
   const ids = loadTokenizer(modelDir).encode(o.text ?? DEFAULT_TEXT);
-  const virtual = peft.virtualTokens();
-  const { data, rows } = noGrad(() => withArena(() => {
-    const { hidden } = forwardHidden(model, { ids: Int32Array.from(ids), B: 1, T: ids.length });
+  // the rows the adapter's input hooks added (prompt tuning's virtual tokens) come first
+  const { data, rows, virtual } = noGrad(() => withArena(() => {
+    const { hidden, batch } = forwardHidden(model, { ids: Int32Array.from(ids), B: 1, T: ids.length });
     const l = lmLogits(model, hidden);
-    return { data: l.data.slice(), rows: l.rows };
+    return { data: l.data.slice(), rows: l.rows, virtual: batch.T - ids.length };
   }));
   const V = model.config.vocabSize;
   const cfg = JSON.parse(readFileSync(join(o.adapter, 'adapter_config.json'), 'utf8')) as { peft_type: string };
   writeSafetensorsFile(o.output, [{ name: 'logits', dtype: 'F32', shape: [rows, V], data }], {
     input_ids: JSON.stringify(ids), peft_type: cfg.peft_type, virtual_tokens: String(virtual), model: resolve(modelDir),
   });
-  process.stdout.write(`${o.output}: logits [${rows}, ${V}] (${ids.length} tokens + ${virtual} virtual), ${cfg.peft_type}\n`);
+  return `${o.output}: logits [${rows}, ${V}] (${ids.length} tokens + ${virtual} virtual), ${cfg.peft_type}`;
 }
 
-function make(o: Record<string, string>): void {
+/** Sample adapter types `make` writes. */
+export const MAKE_TYPES = ['LORA', 'LORA_RSLORA', 'IA3', 'PREFIX_TUNING', 'PREFIX_TUNING_PROJ', 'PROMPT_TUNING'] as const;
+
+/** The `make` command: writes a sample adapter into o.output and returns its summary line. */
+export function make(o: Record<string, string>): string {
   const modelDir = o.model ?? DEFAULT_MODEL;
   const type = o.type;
   if (!type || !o.output) throw new Error('make needs --type TYPE --output DIR');
@@ -102,13 +108,19 @@ function make(o: Record<string, string>): void {
     for (let i = 0; i < d.length; i++) d[i] = d[i] * (1 + 0.4 * u()) + 0.2 * u();
   }
   saveAdapter(a, o.output, modelDir);
-  process.stdout.write(`${o.output}: ${a.peftType} adapter (${type})\n`);
+  return `${o.output}: ${a.peftType} adapter (${type})`;
 }
 
-const { cmd, o } = args(process.argv.slice(2));
-if (cmd === 'logits') logits(o);
-else if (cmd === 'make') make(o);
-else {
-  process.stderr.write('usage: interop-logits.ts logits --adapter DIR --output FILE [--model DIR] [--text TEXT]\n       interop-logits.ts make --type TYPE --output DIR [--model DIR] [--seed N]\n');
-  process.exitCode = 2;
+/** Runs one command line; returns the exit status. */
+export function main(argv: string[]): number {
+  const { cmd, o } = args(argv);
+  if (cmd === 'logits') process.stdout.write(`${logits(o)}\n`);
+  else if (cmd === 'make') process.stdout.write(`${make(o)}\n`);
+  else {
+    process.stderr.write('usage: interop-logits.ts logits --adapter DIR --output FILE [--model DIR] [--text TEXT]\n       interop-logits.ts make --type TYPE --output DIR [--model DIR] [--seed N]\n');
+    return 2;
+  }
+  return 0;
 }
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) process.exitCode = main(process.argv.slice(2));

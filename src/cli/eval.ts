@@ -19,16 +19,17 @@ export function evalCommand(): Command {
     .option('--max-examples <n>', 'score only the first N examples (0 = all)', int('--max-examples'), 0)
     .option('--skip-bad-lines', 'skip malformed lines instead of stopping')
     .option('--json', 'print the result as JSON')
+    .option('--allow-base-mismatch', "run an adapter whose training_provenance.json records a different base model (by content hash)")
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action((raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as {
       data: string; model?: string; adapter?: string; quantize?: string; maxSeqLength: number; batchSize: number;
-      textSplit: 'blocks' | 'paragraphs'; maxExamples: number; skipBadLines?: boolean; json?: boolean;
+      textSplit: 'blocks' | 'paragraphs'; maxExamples: number; skipBadLines?: boolean; json?: boolean; allowBaseMismatch?: boolean;
     };
     requireOptions(o as unknown as Record<string, unknown>, ['data']);
     const { model, dir } = openModelFor(o.adapter, o.model, o.quantize);
     const tok = loadTokenizer(dir);
-    if (o.adapter) attachAdapterForInference(model, o.adapter);
+    if (o.adapter) attachAdapterForInference(model, o.adapter, { dir, allowMismatch: o.allowBaseMismatch });
     const r = evaluateFile(model, tok, o.data, { maxSeqLength: o.maxSeqLength, batchSize: o.batchSize, textSplit: o.textSplit, skipBadLines: o.skipBadLines, maxExamples: o.maxExamples });
     const out = { data: o.data, model: dir, adapter: o.adapter ?? null, loss: r.loss, perplexity: r.perplexity, tokens: r.tokens };
     if (o.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');

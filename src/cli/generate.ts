@@ -19,16 +19,17 @@ export function generateCommand(): Command {
     .option('--seed <s>', 'sampling seed', int('--seed'), 0)
     .option('--stop-ids <ids>', 'extra token ids that end generation (comma-separated; stories260K ends a story with 1)', intList('--stop-ids'))
     .option('--quantize <type>', 'store the base linear weights in 4 bits (nf4 or fp4)')
+    .option('--allow-base-mismatch', "run an adapter whose training_provenance.json records a different base model (by content hash)")
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action(async (raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as {
       prompt: string; model?: string; adapter?: string; maxNewTokens: number; temperature: number; topK: number;
-      topP: number; seed: number; stopIds?: number[]; quantize?: string;
+      topP: number; seed: number; stopIds?: number[]; quantize?: string; allowBaseMismatch?: boolean;
     };
     requireOptions(o as unknown as Record<string, unknown>, ['prompt']);
     const { model, dir } = openModelFor(o.adapter, o.model, o.quantize);
     const tok = loadTokenizer(dir);
-    const setup = o.adapter ? attachAdapterForInference(model, o.adapter) : {};
+    const setup = o.adapter ? attachAdapterForInference(model, o.adapter, { dir, allowMismatch: o.allowBaseMismatch }) : {};
     const ids = tok.encode(o.prompt);
     let printed = tok.decode(ids);
     process.stdout.write(printed);

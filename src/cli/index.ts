@@ -11,6 +11,8 @@ import { serveCommand } from './serve.js';
 import { exportCommand } from './export.js';
 import { combineCommand } from './combine.js';
 import { compareCommand, mainCommand } from './compare.js';
+import { doctorCommand } from './doctor.js';
+import { registryCommand } from './registry.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
@@ -27,6 +29,8 @@ export function buildProgram(): Command {
   program.addCommand(serveCommand());
   program.addCommand(combineCommand());
   program.addCommand(compareCommand());
+  program.addCommand(doctorCommand());
+  program.addCommand(registryCommand());
   return program;
 }
 
@@ -46,7 +50,11 @@ export async function main(argv = process.argv): Promise<void> {
       // file-system errors (EEXIST, EISDIR, ENOENT, EACCES, ENOSPC…): the message names the path
       process.stderr.write(`peft: error: ${errno.message}\n`);
     } else {
-      throw e;
+      // anything else is a bug of ours, not the user's input: one line, never a stack trace
+      // (PEFT_DEBUG=1 prints it for a bug report)
+      const message = e instanceof Error ? `${e.name}: ${e.message.split('\n')[0]}` : String(e);
+      process.stderr.write(`peft: internal error: ${message} (set PEFT_DEBUG=1 for details)\n`);
+      if (process.env.PEFT_DEBUG) process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
     }
     process.exitCode = 1;
   }

@@ -41,7 +41,7 @@ export function mergeCommand(): Command {
     process.stdout.write(`merged ${r.mergedLayers} LoRA layers with the base ${base.dir}${r.dequantized ? ' (4-bit base dequantized, merged in float32)' : ''}\n`);
     if (r.requantization) {
       const q = r.requantization;
-      process.stdout.write(`re-quantized to ${q.quantType}: max |Δw| ${q.maxAbsChange.toExponential(3)}, mean |Δw| ${q.meanAbsChange.toExponential(3)}`);
+      process.stdout.write(`re-quantized ${q.quantizedLayers} linear weights to ${q.quantType} (blocksize ${q.blocksize}, ${q.doubleQuant ? 'double quantization' : 'float32 absmax'}${r.dequantized ? ', as the base' : ''}): max |Δw| ${q.maxAbsChange.toExponential(3)}, mean |Δw| ${q.meanAbsChange.toExponential(3)}`);
       if (q.lossBefore !== undefined) process.stdout.write(`, validation loss ${q.lossBefore.toFixed(5)} → ${q.lossAfter!.toFixed(5)} (Δ ${(q.lossAfter! - q.lossBefore).toFixed(5)})`);
       process.stdout.write('\n');
     }

@@ -1,5 +1,6 @@
 /** Opening the model a command names: a bitsandbytes 4-bit checkpoint, a 4-bit quantization on load, or as stored. */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { readJsonObject } from '../io/files.js';
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
 import type { CausalLM } from '../models/model.js';
@@ -19,16 +20,31 @@ export function adapterBase(adapterDir: string, model?: string): { dir: string; 
   let quantize: string | undefined;
   const args = join(adapterDir, 'train_args.json');
   if (existsSync(args)) {
-    const a = JSON.parse(readFileSync(args, 'utf8')) as { method?: string; quantType?: string; model?: string };
+    const a = readTrainArgs(args);
     if (a.method === 'qlora') quantize = a.quantType ?? 'nf4';
     if (!model && a.model) model = a.model;
   }
   if (!model) {
     const cfgFile = join(adapterDir, 'adapter_config.json');
-    const base = existsSync(cfgFile) ? (JSON.parse(readFileSync(cfgFile, 'utf8')) as { base_model_name_or_path?: string }).base_model_name_or_path : undefined;
+    const base = existsSync(cfgFile) ? readJsonObject(cfgFile, { what: 'adapter_config.json (a JSON object)', maxBytes: 16 * 2 ** 20 }).base_model_name_or_path : undefined;
+    if (base !== undefined && base !== null && typeof base !== 'string')
+      throw new PeftError('invalid value in adapter config', { file: cfgFile, field: 'base_model_name_or_path', expected: 'a string or null', found: JSON.stringify(base).slice(0, 60) });
     model = base && existsSync(join(base, 'config.json')) ? base : DEFAULT_MODEL;
   }
   return { dir: model, quantize };
+}
+
+/** The fields of an adapter's train_args.json that choose its base; each checked for its type. */
+export function readTrainArgs(file: string): { method?: string; quantType?: 'nf4' | 'fp4'; model?: string } {
+  const a = readJsonObject(file, { what: 'train_args.json (a JSON object)', maxBytes: 16 * 2 ** 20 });
+  const str = (key: string, allowed?: string[]): string | undefined => {
+    const v = a[key];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'string' || (allowed && !allowed.includes(v)))
+      throw new PeftError('invalid value in train_args.json', { file, field: key, expected: allowed ? allowed.join(' | ') : 'a string', found: JSON.stringify(v).slice(0, 60) });
+    return v;
+  };
+  return { method: str('method'), quantType: str('quantType', ['nf4', 'fp4']) as 'nf4' | 'fp4' | undefined, model: str('model') };
 }
 
 /**

@@ -1,6 +1,6 @@
 /** `peft train`: fine-tune with LoRA, QLoRA or full fine-tuning on a data file. */
 import { Command } from 'commander';
-import { readFileSync } from 'node:fs';
+import { readTextFile } from '../io/files.js';
 import { runTraining, METHODS, type MethodName, type TrainRunOptions } from '../train/run.js';
 import { float, int, list, requireOptions, withConfigFile } from './options.js';
 import { trainingProgress } from './progress.js';
@@ -46,6 +46,7 @@ export function trainCommand(): Command {
     .option('--eval-every <n>', 'evaluate every N steps (0 = start and end only)', int('--eval-every'), 50)
     .option('--max-eval-examples <n>', 'score at most N validation examples per evaluation (0 = all)', int('--max-eval-examples'), 0)
     .option('--checkpoint-every <n>', 'checkpoint every N steps (0 = none)', int('--checkpoint-every'), 0)
+    .option('--save-total-limit <n>', 'keep only the N newest checkpoints (0 = all), as transformers\' save_total_limit', int('--save-total-limit'), 0)
     .option('--resume <dir>', 'resume from a checkpoint (or the output directory holding checkpoint-N)')
     .option('--skip-bad-lines', 'skip malformed data lines (reporting the count) instead of stopping')
     .option('--chat-template <file>', 'Jinja chat template for {"messages"} data (default: the tokenizer\'s, else a ChatML-style one, as peft serve uses)')
@@ -100,9 +101,10 @@ export function trainCommand(): Command {
       evalEvery: o.evalEvery as number,
       maxEvalExamples: o.maxEvalExamples as number,
       checkpointEvery: o.checkpointEvery as number,
+      saveTotalLimit: o.saveTotalLimit as number,
       resume: o.resume as string | undefined,
       skipBadLines: Boolean(o.skipBadLines),
-      chatTemplate: o.chatTemplate ? readFileSync(o.chatTemplate as string, 'utf8') : undefined,
+      chatTemplate: o.chatTemplate ? readTextFile(o.chatTemplate as string, { maxBytes: 4 * 2 ** 20, what: 'a Jinja chat template' }) : undefined,
     };
     const bar = trainingProgress();
     const r = await runTraining(opts, {
@@ -115,6 +117,7 @@ export function trainCommand(): Command {
       onStep: (m) => bar.step(m),
       onEval: (step, loss) => bar.log(`step ${step}: validation loss ${loss.toFixed(4)}, perplexity ${Math.exp(loss).toFixed(3)}`),
       onCheckpoint: (dir) => bar.log(`checkpoint: ${dir}`),
+      onNote: (message) => bar.log(`note: ${message}`),
     });
     bar.stop();
     const skipped = r.dataset.skippedBadLines;

@@ -42,7 +42,7 @@ import { writeGgufFile, type GgufKV, type GgufTensorToWrite } from '../io/gguf.j
 import type { ModelConfig } from '../models/config.js';
 import type { GgufMap, LinearSpec } from '../models/model.js';
 import { familyOf, loadConfig } from '../models/registry.js';
-import { parseLoraConfig, readAdapterConfig, type LoraConfig } from '../peft/config.js';
+import { parseLoraConfig, readAdapterConfig, requireSavedKeys, type LoraConfig } from '../peft/config.js';
 import { readAdapterTensors } from '../peft/format.js';
 import { patternKey } from '../peft/inject.js';
 import type { LoraAdapter } from '../peft/lora.js';
@@ -256,6 +256,7 @@ export function readLoraPairs(adapterDir: string, config: ModelConfig): { cfg: L
   const { raw, peftType, file: cfgFile } = readAdapterConfig(adapterDir);
   if (peftType !== 'LORA')
     throw new PeftError(`GGUF adapters hold LoRA only; a ${peftType} adapter has no GGUF LoRA form`, { file: cfgFile, field: 'peft_type', expected: '"LORA"', found: JSON.stringify(peftType) });
+  requireSavedKeys(raw, peftType, cfgFile);
   const cfg = parseLoraConfig(raw, cfgFile);
   checkExpressible(cfg, cfgFile);
   const { tensors, file } = readAdapterTensors(adapterDir);

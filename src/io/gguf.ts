@@ -21,9 +21,10 @@
  * two. Values are typed explicitly by the caller (a JavaScript number alone does not say whether
  * a key is u32 or f32, and llama.cpp checks the type).
  */
-import { readFileSync } from 'node:fs';
+import { constants as bufferConstants } from 'node:buffer';
 import { PeftError } from '../errors.js';
 import { writeFileAtomicWith } from './atomic.js';
+import { readRegularFile } from './files.js';
 import { bf16ToFloat32, f16ToFloat32, float32ToF16 } from './safetensors.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
@@ -352,9 +353,13 @@ class ByteReader {
   str(w: string): string {
     const n = this.size(`${w} (length)`);
     this.need(n, w);
-    const s = Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.pos, n);
+    const s = this.bytes.subarray(this.pos, this.pos + n);
     this.pos += n;
-    return s.toString('utf8');
+    try {
+      return new TextDecoder('utf-8', { fatal: true }).decode(s);
+    } catch {
+      throw new PeftError('GGUF string is not valid UTF-8', { file: this.file, field: w, expected: 'UTF-8', found: 'invalid bytes' });
+    }
   }
 }
 
@@ -425,8 +430,16 @@ export function parseGguf(bytes: Uint8Array, file = 'GGUF data'): GgufContents {
     const nDims = r.u32(name);
     if (nDims < 1 || nDims > GGML_MAX_DIMS) throw new PeftError('invalid GGUF tensor rank', { file, field: name, expected: `1 to ${GGML_MAX_DIMS}`, found: String(nDims) });
     const ne: number[] = [];
-    for (let j = 0; j < nDims; j++) ne.push(r.size(`${name} ne[${j}]`));
+    for (let j = 0; j < nDims; j++) {
+      const d = r.size(`${name} ne[${j}]`);
+      if (d < 1) throw new PeftError('GGUF tensor has a zero dimension', { file, field: `${name} ne[${j}]`, expected: 'a dimension >= 1', found: String(d) });
+      ne.push(d);
+    }
+    if (!Number.isSafeInteger(ne.reduce((a, b) => a * b, 1)))
+      throw new PeftError('GGUF tensor element count out of range', { file, field: name, expected: `at most ${Number.MAX_SAFE_INTEGER} elements`, found: `ne [${ne.join(', ')}]` });
     const typeId = r.u32(name);
+    if (GGML_NAMES[typeId] === undefined || !(GGML_NAMES[typeId] in GGML_SIZE))
+      throw new PeftError('unsupported GGML tensor type', { file, field: `${name} type`, expected: `one of ${Object.keys(GGML_SIZE).join(', ')} (ids ${Object.keys(GGML_SIZE).map((k) => GgmlType[k as GgmlTypeName]).join(', ')})`, found: String(typeId) });
     const offset = r.size(`${name} offset`);
     if (offset % alignment !== 0) throw new PeftError('GGUF tensor offset is not aligned', { file, field: name, expected: `a multiple of ${alignment}`, found: String(offset) });
     infos.push({ name, ne, shape: [...ne].reverse(), type: GGML_NAMES[typeId] ?? `ggml_type_${typeId}`, offset, typeId });
@@ -439,18 +452,21 @@ export function parseGguf(bytes: Uint8Array, file = 'GGUF data'): GgufContents {
       throw new PeftError('GGUF tensor data extends past the end of the file', { file, field: t.name, expected: `${dataOffset + t.offset + size} bytes`, found: `${bytes.length}` });
     return { ...t, fileOffset: dataOffset + t.offset, byteLength: size };
   });
+  // llama.cpp's gguf_init checks each tensor's offset against the running end of the previous one;
+  // any two tensors sharing bytes mean a corrupt (or hostile) file
+  const byOffset = [...tensors].sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < byOffset.length; i++) {
+    const prev = byOffset[i - 1], t = byOffset[i];
+    if (t.offset < prev.offset + prev.byteLength)
+      throw new PeftError('GGUF tensors overlap', { file, field: t.name, expected: `data at or after offset ${prev.offset + prev.byteLength} (end of ${prev.name})`, found: `offset ${t.offset}` });
+  }
   return { version, alignment, kvs, tensors, dataOffset, bytes };
 }
 
 /** Reads and parses a GGUF file. */
 export function readGgufFile(path: string): GgufContents {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(path);
-  } catch (e) {
-    throw new PeftError(`cannot read: ${(e as Error).message}`, { file: path });
-  }
-  return parseGguf(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), path);
+  const bytes = readRegularFile(path, { maxBytes: bufferConstants.MAX_LENGTH, what: 'a GGUF file' });
+  return parseGguf(bytes, path);
 }
 
 /** The value of a metadata key, or undefined. */
@@ -462,9 +478,10 @@ export function ggufValue(g: GgufContents, key: string): GgufReadValue | undefin
 export function ggufTensorF32(g: GgufContents, name: string): Float32Array {
   const t = g.tensors.find((x) => x.name === name);
   if (!t) throw new PeftError('no such GGUF tensor', { field: name });
-  const raw = g.bytes.slice(t.fileOffset, t.fileOffset + t.byteLength);
+  const raw = g.bytes.subarray(t.fileOffset, t.fileOffset + t.byteLength);
   const n = t.ne.reduce((a, b) => a * b, 1);
-  const view = new DataView(raw.buffer);
+  // a view with the tensor's own offset: g.bytes may be a Node Buffer whose slice() shares the file's buffer
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   if (t.type === 'F32') {
     const out = new Float32Array(n);
     for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);

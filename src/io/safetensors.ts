@@ -30,11 +30,12 @@
  *
  * All typed-array views assume a little-endian host (x86-64, arm64), as the format does.
  */
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync } from 'node:fs';
 import { constants as bufferConstants } from 'node:buffer';
 import { basename, join } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomicWith } from './atomic.js';
+import { openRegularFile, readExactly, readJsonFile } from './files.js';
 
 /** Element types this module reads and writes (the safetensors names). */
 export type DType =
@@ -202,32 +203,14 @@ export function readSafetensorsLazy(path: string): SafetensorsContents {
   return { tensors, metadata };
 }
 
-/** Opens a file for reading; a missing file or a directory is a PeftError naming it. */
+/** Opens a regular file for reading; a missing file, a directory, a FIFO or a device is a PeftError naming it. */
 function openExisting(path: string): number {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new PeftError('file not found', { file: path, expected: 'a safetensors file', found: 'nothing' });
-    throw err;
-  }
-  if (fstatSync(fd).isDirectory()) {
-    closeSync(fd);
-    throw new PeftError('is a directory', { file: path, expected: 'a safetensors file', found: 'a directory' });
-  }
-  return fd;
+  return openRegularFile(path, 'a safetensors file').fd;
 }
 
 /** Reads `length` bytes at `position` into a new buffer of exactly that size. */
 function readAt(fd: number, position: number, length: number, path: string): Uint8Array {
-  const out = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = readSync(fd, out, done, Math.min(length - done, 2 ** 30), position + done);
-    if (n === 0) throw new PeftError('file truncated', { file: path, expected: `${length} bytes at offset ${position}`, found: `${done} bytes` });
-    done += n;
-  }
-  return out;
+  return readExactly(fd, position, length, path);
 }
 
 /** The u64 header length N, checked against the file size and the reference's 100 MB cap. */
@@ -397,43 +380,20 @@ export function readSafetensorsFile(path: string): SafetensorsContents {
  * in chunks into a buffer of the file's size, so multi-GB checkpoints load too.
  */
 function readWholeFile(path: string): Uint8Array {
-  let fd: number;
+  const { fd, size } = openRegularFile(path, 'a safetensors file');
   try {
-    fd = openSync(path, 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new PeftError('file not found', { file: path, expected: 'a safetensors file', found: 'nothing' });
-    }
-    throw err;
-  }
-  try {
-    const stat = fstatSync(fd);
-    if (stat.isDirectory()) {
-      throw new PeftError('is a directory', { file: path, expected: 'a safetensors file', found: 'a directory' });
-    }
-    if (stat.size > bufferConstants.MAX_LENGTH) {
+    if (size > bufferConstants.MAX_LENGTH) {
       throw new PeftError('file too large for one buffer', {
         file: path,
         expected: `at most ${bufferConstants.MAX_LENGTH} bytes`,
-        found: `${stat.size} bytes`,
+        found: `${size} bytes`,
       });
     }
-    return stat.size < 2 ** 31 ? readFileSync(fd) : readInChunks(fd, stat.size);
+    // exactly the size fstat reported: a file growing while read cannot make this read unbounded
+    return readExactly(fd, 0, size, path);
   } finally {
     closeSync(fd);
   }
-}
-
-function readInChunks(fd: number, size: number): Uint8Array {
-  const out = Buffer.allocUnsafeSlow(size);
-  const chunk = 2 ** 30;
-  let done = 0;
-  while (done < size) {
-    const n = readSync(fd, out, done, Math.min(chunk, size - done), done);
-    if (n === 0) throw new Error(`unexpected end of file after ${done} of ${size} bytes`);
-    done += n;
-  }
-  return out;
 }
 
 /**
@@ -464,12 +424,7 @@ export function readModelWeights(dir: string, opts: { lazy?: boolean } = {}): Ma
 
 /** Parses a shard index into tensor name -> shard file name. */
 function readWeightMap(indexPath: string): Map<string, string> {
-  let index: unknown;
-  try {
-    index = JSON.parse(readFileSync(indexPath, 'utf8'));
-  } catch (err) {
-    throw new PeftError('index is not valid JSON', { file: indexPath, expected: 'a JSON object', found: (err as Error).message });
-  }
+  const index = readJsonFile(indexPath, { what: 'a safetensors index (JSON object with weight_map)' });
   const weightMap = isPlainObject(index) ? index.weight_map : undefined;
   if (!isPlainObject(weightMap)) {
     throw new PeftError('index has no weight_map object', {
@@ -558,7 +513,9 @@ interface TypedArrayClass<T> {
 function typedView<T>(bytes: Uint8Array, Ctor: TypedArrayClass<T>): T {
   const length = bytes.byteLength / Ctor.BYTES_PER_ELEMENT;
   if (bytes.byteOffset % Ctor.BYTES_PER_ELEMENT === 0) return new Ctor(bytes.buffer, bytes.byteOffset, length);
-  return new Ctor(bytes.slice().buffer, 0, length);
+  // `new Uint8Array(bytes)` copies into a fresh buffer of its own; `bytes.slice()` would not when
+  // `bytes` is a Node Buffer (Buffer#slice is a view, so `.buffer` would start at the file header)
+  return new Ctor(new Uint8Array(bytes).buffer, 0, length);
 }
 
 /**

@@ -3,9 +3,10 @@
  * through the well-kept `@huggingface/tokenizers` library.
  */
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
+import { readJsonObject, readTextFile, shortMessage } from './files.js';
 
 export interface Tokenizer {
   /** Token ids of text; BOS/special tokens added as the tokenizer's post-processor says unless addSpecialTokens is false. */
@@ -25,18 +26,15 @@ export interface Tokenizer {
 }
 
 function readJson(path: string): Record<string, unknown> {
-  let text: string;
+  return readJsonObject(path, { what: 'a JSON object' });
+}
+
+/** Runs a tokenizer call; an exception from the library becomes a PeftError naming tokenizer.json. */
+function guard<T>(file: string, op: string, fn: () => T): T {
   try {
-    text = readFileSync(path, 'utf8');
+    return fn();
   } catch (e) {
-    throw new PeftError(`cannot read file: ${(e as Error).message}`, { file: path });
-  }
-  try {
-    const v = JSON.parse(text) as unknown;
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
-    return v as Record<string, unknown>;
-  } catch (e) {
-    throw new PeftError('invalid JSON', { file: path, expected: 'a JSON object', found: (e as Error).message });
+    throw new PeftError(`tokenizer failed to ${op}: ${shortMessage(e)}`, { file });
   }
 }
 
@@ -53,17 +51,29 @@ export function loadTokenizer(dir: string): Tokenizer {
   const tj = readJson(tjPath);
   const cfgPath = join(dir, 'tokenizer_config.json');
   const cfg = existsSync(cfgPath) ? readJson(cfgPath) : {};
+  const model = tj.model as { vocab?: Record<string, number> | unknown[] } | undefined;
+  const added = Array.isArray(tj.added_tokens) ? (tj.added_tokens as Array<{ id: unknown }>) : [];
+  const vocab = model && typeof model === 'object' ? model.vocab : undefined;
+  let vocabSize = Array.isArray(vocab) ? vocab.length : vocab && typeof vocab === 'object' ? Object.keys(vocab).length : 0;
+  for (const [i, a] of added.entries()) {
+    const id = a && typeof a === 'object' ? a.id : undefined;
+    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0)
+      throw new PeftError('invalid added token id', { file: tjPath, field: `added_tokens[${i}].id`, expected: 'a non-negative integer', found: JSON.stringify(id) ?? 'nothing' });
+    vocabSize = Math.max(vocabSize, id + 1);
+  }
   let tok: HFTokenizer;
   try {
     tok = new HFTokenizer(tj as never, cfg as never);
+    // a malformed tokenizer.json often builds and fails only at its first encode: try one now, so the
+    // error names the file at load time instead of surfacing as a stack trace mid-run
+    const probe = tok.encode('Hello world 123', { add_special_tokens: true }).ids;
+    if (!Array.isArray(probe) || probe.some((id) => !Number.isInteger(id) || id < 0)) throw new Error(`test encode gave ${JSON.stringify(probe).slice(0, 60)}`);
+    tok.decode(probe, { skip_special_tokens: true });
   } catch (e) {
-    throw new PeftError(`unsupported tokenizer: ${(e as Error).message}`, { file: tjPath });
+    if (e instanceof PeftError) throw e;
+    throw new PeftError(`unsupported or malformed tokenizer: ${shortMessage(e)}`, { file: tjPath, expected: 'a tokenizer.json that @huggingface/tokenizers can encode with' });
   }
   const idOf = (s: string | null): number | null => (s === null ? null : (tok.token_to_id(s) ?? null));
-  const model = tj.model as { vocab?: Record<string, number> | unknown[] } | undefined;
-  const added = (tj.added_tokens as Array<{ id: number }> | undefined) ?? [];
-  let vocabSize = Array.isArray(model?.vocab) ? model.vocab.length : Object.keys(model?.vocab ?? {}).length;
-  for (const a of added) vocabSize = Math.max(vocabSize, a.id + 1);
   let chatTemplate: string | null = null;
   if (typeof cfg.chat_template === 'string') chatTemplate = cfg.chat_template;
   else if (Array.isArray(cfg.chat_template)) {
@@ -71,10 +81,10 @@ export function loadTokenizer(dir: string): Tokenizer {
     chatTemplate = d?.template ?? null;
   }
   const jinjaPath = join(dir, 'chat_template.jinja');
-  if (chatTemplate === null && existsSync(jinjaPath)) chatTemplate = readFileSync(jinjaPath, 'utf8');
+  if (chatTemplate === null && existsSync(jinjaPath)) chatTemplate = readTextFile(jinjaPath, { what: 'a Jinja chat template' });
   return {
-    encode: (text, addSpecialTokens = true) => tok.encode(text, { add_special_tokens: addSpecialTokens }).ids,
-    decode: (ids, skip = true) => tok.decode(Array.from(ids), { skip_special_tokens: skip }),
+    encode: (text, addSpecialTokens = true) => guard(tjPath, 'encode', () => tok.encode(text, { add_special_tokens: addSpecialTokens }).ids),
+    decode: (ids, skip = true) => guard(tjPath, 'decode', () => tok.decode(Array.from(ids), { skip_special_tokens: skip })),
     tokenToId: (s) => tok.token_to_id(s) ?? undefined,
     vocabSize,
     bosTokenId: idOf(tokenContent(cfg.bos_token)),

@@ -22,6 +22,7 @@ import { Act, native } from '../native/index.js';
 import { activation, add, allocF32, f32Weight, linear, Tensor } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry.js';
+import { checkBottleneckSize } from './preflight.js';
 import { uniformRng } from '../tensor/random.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 
@@ -218,7 +219,9 @@ export function loadBottleneckTensors(a: BottleneckAdapter, tensors: TensorMap, 
 }
 
 registerAdapterLoader('BOTTLENECK', (model, raw, tensors, files) => {
-  const a = new BottleneckAdapter(model, parseBottleneckConfig(raw, files.config));
+  const cfg = parseBottleneckConfig(raw, files.config);
+  checkBottleneckSize(model, cfg, tensors, files); // before the adapter allocates its projections
+  const a = new BottleneckAdapter(model, cfg);
   loadBottleneckTensors(a, tensors, files.tensors);
   return a;
 });

@@ -4,9 +4,10 @@
  * Unknown keys in a file are ignored; a known key with a bad value is a PeftError naming the file
  * and the key.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
+import { readJsonObject } from '../io/files.js';
 
 export type PeftType = 'LORA' | 'IA3' | 'PREFIX_TUNING' | 'PROMPT_TUNING' | 'BOTTLENECK';
 export const PEFT_TYPES: PeftType[] = ['LORA', 'IA3', 'PREFIX_TUNING', 'PROMPT_TUNING', 'BOTTLENECK'];
@@ -172,17 +173,43 @@ export function parseLoraConfig(raw: Json, file = 'LoRA config'): LoraConfig {
   return cfg;
 }
 
-/** Reads `dir/adapter_config.json` and returns the raw object and its peft_type. */
+/**
+ * Keys a SAVED adapter_config.json must give, per peft_type: the ones that define the adapter's
+ * tensors or its output (rank and scale, which modules, how many virtual tokens, the bottleneck
+ * shape). Defaults are for users creating an adapter, never for reading a saved one: a file
+ * without `lora_alpha` must not load with alpha 8.
+ */
+export const SAVED_CONFIG_REQUIRED_KEYS: Record<PeftType, readonly string[]> = {
+  LORA: ['r', 'lora_alpha', 'target_modules'],
+  IA3: ['target_modules', 'feedforward_modules'],
+  PREFIX_TUNING: ['num_virtual_tokens', 'num_layers', 'token_dim', 'num_attention_heads'],
+  PROMPT_TUNING: ['num_virtual_tokens', 'token_dim'],
+  BOTTLENECK: ['bottleneck_size', 'placement', 'non_linearity'],
+};
+
+/**
+ * Checks that a saved adapter config gives every key of {@link SAVED_CONFIG_REQUIRED_KEYS} for its
+ * peft_type (present and not null).
+ * @throws PeftError naming the file and the first missing key.
+ */
+export function requireSavedKeys(raw: Json, peftType: PeftType, file: string): void {
+  for (const key of SAVED_CONFIG_REQUIRED_KEYS[peftType]) {
+    if (raw[key] === undefined || raw[key] === null)
+      throw new PeftError(`${key} is required in a saved ${peftType} adapter config (defaults apply only when creating an adapter)`, {
+        file, field: key, expected: `${key} (required keys: ${SAVED_CONFIG_REQUIRED_KEYS[peftType].join(', ')})`, found: raw[key] === null ? 'null' : 'nothing',
+      });
+  }
+}
+
+/**
+ * Reads `dir/adapter_config.json` and returns the raw object and its peft_type.
+ * Readers of the method's settings then call {@link requireSavedKeys}.
+ * @throws PeftError naming the file (and key): missing file, bad JSON, unknown peft_type or task_type.
+ */
 export function readAdapterConfig(dir: string): { raw: Json; peftType: PeftType; file: string } {
   const file = join(dir, 'adapter_config.json');
   if (!existsSync(file)) throw new PeftError('adapter_config.json not found', { file: dir, expected: 'an adapter directory (adapter_config.json + adapter_model.safetensors)' });
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new PeftError('invalid JSON', { file, found: (e as Error).message });
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new PeftError('not a JSON object', { file });
+  const raw = readJsonObject(file, { what: 'adapter_config.json (a JSON object)', maxBytes: 16 * 2 ** 20 });
   const t = (raw as Json).peft_type;
   if (typeof t !== 'string' || !(PEFT_TYPES as string[]).includes(t))
     throw new PeftError('unsupported peft_type', { file, field: 'peft_type', expected: PEFT_TYPES.join(', '), found: JSON.stringify(t) });

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
 import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from '../io/safetensors.js';
-import { readAdapterConfig } from './config.js';
+import { readAdapterConfig, requireSavedKeys } from './config.js';
 import { adapterLoader, type TensorMap } from './registry.js';
 // every method module registers its loader when imported
 import './lora.js';
@@ -40,6 +40,7 @@ export function readAdapterTensors(dir: string): { tensors: TensorMap; file: str
 /** Loads an adapter directory into the PeftModel under `name` (and activates it unless told not to). */
 export function loadAdapter(peft: PeftModel, dir: string, name = 'default', activate = true): AdapterMethod {
   const { raw, peftType, file: cfgFile } = readAdapterConfig(dir);
+  requireSavedKeys(raw, peftType, cfgFile);
   const loader = adapterLoader(peftType);
   if (!loader) throw new PeftError('this peft_type cannot be loaded', { file: cfgFile, field: 'peft_type', found: peftType });
   const { tensors, file } = readAdapterTensors(dir);

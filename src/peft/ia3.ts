@@ -13,7 +13,7 @@ import { PeftError } from '../errors.js';
 import type { CausalLM, ForwardContext, LinearModule } from '../models/model.js';
 import { linearModules } from '../models/model.js';
 import { native } from '../native/index.js';
-import { f32Weight, mulFeatures, Tensor, weightToF32 } from '../tensor/index.js';
+import { f32Weight, mulFeatures, Tensor, weightToF32, type Weight } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { loadStateDict, registerAdapterLoader } from './registry.js';
 import { normalRng } from '../tensor/random.js';
@@ -77,6 +77,8 @@ export interface Ia3Layer {
   /** [1, in] when feedforward, else [out, 1]. */
   vector: Tensor;
   merged: boolean;
+  /** While merged: the pre-merge weight and bias (restored exactly by unmerge) and the merged weight. */
+  saved?: { weight: Weight; bias: Tensor | null; merged: Weight } | null;
 }
 
 
@@ -182,21 +184,31 @@ export class Ia3Adapter implements AdapterMethod {
 
   /**
    * Folds the vectors into the weights: W[:, j] *= l[j] (feedforward) or W[i, :] *= l[i] and
-   * bias[i] *= l[i] (outputs). float32 or bfloat16 bases (bf16 is widened to float32).
+   * bias[i] *= l[i] (outputs), into new float32 tensors; the pre-merge weight (float32 or bfloat16
+   * bits) and bias are kept for {@link unmerge}.
+   * @throws PeftError for a 4-bit weight.
    */
   merge(): void {
     for (const l of this.layers.values()) {
       if (l.merged) continue;
-      applyScaling(l, false);
-      l.merged = true;
+      mergeScaling(l);
     }
   }
 
-  /** Divides the vectors back out (PEFT divides by l + 1e-8). */
+  /**
+   * Restores the pre-merge weights and biases exactly (PEFT divides by l + 1e-8, which is not
+   * exact; the kept originals are). Adapters merged one after the other unmerge in reverse order.
+   * @throws PeftError when a module's weight was replaced after this adapter merged into it.
+   */
   unmerge(): void {
+    for (const l of this.layers.values())
+      if (l.merged && l.module.weight !== l.saved!.merged)
+        throw new PeftError('the weight changed after this adapter was merged into it (unmerge adapters in the reverse order of merging)', { field: l.module.name });
     for (const l of this.layers.values()) {
       if (!l.merged) continue;
-      applyScaling(l, true);
+      l.module.weight = l.saved!.weight;
+      l.module.bias = l.saved!.bias;
+      l.saved = null;
       l.merged = false;
     }
   }
@@ -211,27 +223,32 @@ function scaleRows(t: Tensor, v: Float32Array, rows: RowRange): void {
   native.mulRow(r, v, r, n, D, false);
 }
 
-function applyScaling(l: Ia3Layer, inverse: boolean): void {
+function mergeScaling(l: Ia3Layer): void {
   const m = l.module;
-  const d = m.weight.data;
-  if (d.kind === 'q4')
+  if (m.weight.data.kind === 'q4')
     throw new PeftError('cannot merge IA3 into a 4-bit weight in place; use `peft merge`, which dequantizes and writes a float32 model', { field: m.name });
-  if (d.kind === 'bf16') m.weight = f32Weight(Tensor.param(weightToF32(m.weight), [m.outFeatures, m.inFeatures], false));
-  const w = (m.weight.data as { kind: 'f32'; tensor: Tensor }).tensor.data;
+  const w = weightToF32(m.weight);
   const s = l.vector.data;
-  const f = (i: number): number => (inverse ? 1 / (s[i] + 1e-8) : s[i]);
   const I = m.inFeatures, O = m.outFeatures;
+  let bias = m.bias;
   if (l.feedforward) {
-    for (let o = 0; o < O; o++) for (let i = 0; i < I; i++) w[o * I + i] *= f(i);
+    for (let o = 0; o < O; o++) for (let i = 0; i < I; i++) w[o * I + i] *= s[i];
   } else {
     for (let o = 0; o < O; o++) {
-      const k = f(o);
+      const k = s[o];
       for (let i = 0; i < I; i++) w[o * I + i] *= k;
     }
-    if (m.bias) for (let o = 0; o < O; o++) m.bias.data[o] *= f(o);
+    if (m.bias) {
+      bias = Tensor.param(m.bias.data.slice(), [O], false);
+      for (let o = 0; o < O; o++) bias.data[o] *= s[o];
+    }
   }
+  const merged = f32Weight(Tensor.param(w, [O, I], false));
+  l.saved = { weight: m.weight, bias: m.bias, merged };
+  m.weight = merged;
+  m.bias = bias;
+  l.merged = true;
 }
-
 
 /** Creates an IA3 adapter from options with PEFT's IA3Config keys (vectors start at ones by default). */
 export function createIa3Adapter(model: CausalLM, options: Partial<Ia3Config> & Record<string, unknown> = {}, seed = 0): Ia3Adapter {

@@ -11,13 +11,15 @@ import type { Batch, CausalLM, ForwardContext, LinearModule } from '../models/mo
 import { linearModules, tokenEmbeddings } from '../models/model.js';
 import { native } from '../native/index.js';
 import {
-  allocF32, dropout, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32,
+  allocF32, dropout, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32, type Weight,
 } from '../tensor/index.js';
+import type { ModelConfig } from '../models/config.js';
 import { parseLoraConfig, type LoraConfig } from './config.js';
 import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 import { gaussian, uniformRng } from '../tensor/random.js';
 import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry.js';
+import { checkLoraSizes } from './preflight.js';
 
 /** The LoRA branch on one linear module. */
 export interface LoraLayer {
@@ -34,6 +36,11 @@ export interface LoraLayer {
   dropout: number;
   /** True while the delta is merged into the module's weight (the branch is then skipped). */
   merged: boolean;
+  /**
+   * While merged: the module's pre-merge weight and bias (the same objects, bf16 bits and a tied
+   * embedding included) and the merged ones that replaced them; unmerge puts the former back.
+   */
+  saved?: { weight: Weight; bias: Tensor | null; merged: Weight } | null;
 }
 
 /** Key prefix PEFT gives a module in adapter_model.safetensors. */
@@ -54,6 +61,8 @@ export class LoraAdapter implements AdapterMethod {
   readonly copies = new Map<string, { weight: Tensor; bias: Tensor | null }>();
   /** Base biases this adapter trains (bias = all | lora_only), keyed by module name. */
   readonly biases = new Map<string, Tensor>();
+  /** The model config before merge() untied lm_head from embed_tokens (restored by unmerge). */
+  private tiedConfig: ModelConfig | null = null;
 
   constructor(readonly model: CausalLM, readonly cfg: LoraConfig, seed = 0) {
     // PEFT's default targets come from the architecture family (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
@@ -114,9 +123,7 @@ export class LoraAdapter implements AdapterMethod {
 
   config(): Record<string, unknown> {
     const c = this.cfg;
-    const targets = typeof c.target_modules === 'string' && c.target_modules.toLowerCase() !== 'all-linear'
-      ? c.target_modules
-      : moduleSuffixes([...this.layers.values()].map((l) => l.module));
+    const targets = savedTargetModules(this.model, c, [...this.layers.values()].map((l) => l.module));
     return {
       alpha_pattern: c.alpha_pattern,
       auto_mapping: null,
@@ -227,23 +234,69 @@ export class LoraAdapter implements AdapterMethod {
     return { embeds: tokenEmbeddings(this.model, batch.ids, copy.weight), batch };
   }
 
-  /** W ← W + scaling·B·A (and bias ← bias + scaling·bias_B) for every layer; float32 or bfloat16 bases (bf16 is widened). */
+  /**
+   * W ← W + scaling·B·A (and bias ← bias + scaling·bias_B) for every layer, into a new float32
+   * weight; the pre-merge weight (float32, or bfloat16 bits) is kept for {@link unmerge}. A LoRA on
+   * the lm_head of a tied-embedding model unties it first (as HF PEFT's merge_and_unload leaves
+   * lm_head with its own weight): embed_tokens is unchanged, and the model config then says
+   * `tie_word_embeddings: false`, so a saved merged model writes `lm_head.weight`.
+   * @throws PeftError for a 4-bit weight (merge over a dequantized copy: `peft merge`).
+   */
   merge(): void {
     for (const l of this.layers.values()) {
       if (l.merged) continue;
-      applyDelta(l, +1);
-      l.merged = true;
+      const m = l.module;
+      if (m === this.model.lmHead && this.model.config.tieWordEmbeddings && !this.tiedConfig) {
+        const c = this.model.config;
+        this.tiedConfig = c;
+        this.model.config = { ...c, tieWordEmbeddings: false, raw: { ...c.raw, tie_word_embeddings: false } };
+      }
+      mergeLayer(l);
     }
   }
 
-  /** W ← W − scaling·B·A: restores the weights (to float32 rounding). */
+  /**
+   * Restores every merged layer's pre-merge weight and bias exactly (the same storage: bf16 stays
+   * bf16, a tied lm_head is tied again). Adapters merged one after the other unmerge in reverse order.
+   * @throws PeftError when a module's weight was replaced after this adapter merged into it.
+   */
   unmerge(): void {
     for (const l of this.layers.values()) {
       if (!l.merged) continue;
-      applyDelta(l, -1);
+      const s = l.saved!;
+      if (l.module.weight !== s.merged)
+        throw new PeftError('the weight changed after this adapter was merged into it (unmerge adapters in the reverse order of merging)', { field: l.module.name });
+    }
+    for (const l of this.layers.values()) {
+      if (!l.merged) continue;
+      l.module.weight = l.saved!.weight;
+      l.module.bias = l.saved!.bias;
+      l.saved = null;
       l.merged = false;
     }
+    if (this.tiedConfig) {
+      this.model.config = this.tiedConfig;
+      this.tiedConfig = null;
+    }
   }
+}
+
+/**
+ * target_modules as adapter_config.json records them: a list or a regex as the user gave it
+ * (full module paths stay full paths, so a subset of layers stays that subset); 'all-linear' or
+ * the model type's default resolved, as HF PEFT does, to the module-name suffixes when those select
+ * exactly the targeted modules (with the saved layers_to_transform / exclude_modules), else to
+ * the full module paths.
+ */
+export function savedTargetModules(model: CausalLM, cfg: LoraConfig, targeted: LinearModule[]): string | string[] {
+  const t = cfg.target_modules;
+  if (Array.isArray(t)) return [...t];
+  if (typeof t === 'string' && t.toLowerCase() !== 'all-linear') return t;
+  const names = new Set(targeted.map((m) => m.name));
+  const suffixes = moduleSuffixes(targeted);
+  const spec = { ...cfg, target_modules: suffixes };
+  const same = linearModules(model).every((m) => isTargeted(spec, m.name) === names.has(m.name));
+  return same ? suffixes : [...names].sort();
 }
 
 /** The full-precision delta scaling·B·A [out, in] of a layer. */
@@ -253,18 +306,23 @@ export function loraDelta(l: LoraLayer): Float32Array {
   return out;
 }
 
-function applyDelta(l: LoraLayer, sign: number): void {
+/** Replaces the layer's module weight (and bias) by new float32 tensors with the delta added, keeping the old ones. */
+function mergeLayer(l: LoraLayer): void {
   const m = l.module;
-  const d = m.weight.data;
-  if (d.kind === 'q4')
+  if (m.weight.data.kind === 'q4')
     throw new PeftError('cannot merge LoRA into a 4-bit weight in place; use `peft merge`, which dequantizes and writes a float32 model', { field: m.name });
-  if (d.kind === 'bf16') m.weight = f32Weight(Tensor.param(weightToF32(m.weight), [m.outFeatures, m.inFeatures], false));
-  const w = (m.weight.data as { kind: 'f32'; tensor: Tensor }).tensor;
-  native.gemm(false, false, m.outFeatures, m.inFeatures, l.r, sign * l.scaling, l.B.data, l.r, l.A.data, m.inFeatures, 1, w.data, m.inFeatures);
+  const w = Tensor.param(weightToF32(m.weight), [m.outFeatures, m.inFeatures], false);
+  native.gemm(false, false, m.outFeatures, m.inFeatures, l.r, l.scaling, l.B.data, l.r, l.A.data, m.inFeatures, 1, w.data, m.inFeatures);
+  let bias = m.bias;
   if (l.biasB) {
-    if (!m.bias) m.bias = Tensor.param(new Float32Array(m.outFeatures), [m.outFeatures], false);
-    native.axpy(sign * l.scaling, l.biasB.data, m.bias.data);
+    bias = Tensor.param(m.bias ? m.bias.data.slice() : new Float32Array(m.outFeatures), [m.outFeatures], false);
+    native.axpy(l.scaling, l.biasB.data, bias.data);
   }
+  const merged = f32Weight(w);
+  l.saved = { weight: m.weight, bias: m.bias, merged };
+  m.weight = merged;
+  m.bias = bias;
+  l.merged = true;
 }
 
 /** In place: y[r, :] += s · b (differentiable w.r.t. b and y). */
@@ -292,6 +350,7 @@ export function loadLoraTensors(a: LoraAdapter, tensors: TensorMap, file: string
 
 registerAdapterLoader('LORA', (model, raw, tensors, files) => {
   const cfg = parseLoraConfig(raw, files.config);
+  checkLoraSizes(model, cfg, tensors, files); // before the adapter allocates r × width per module
   const a = new LoraAdapter(model, cfg);
   loadLoraTensors(a, tensors, files.tensors);
   return a;

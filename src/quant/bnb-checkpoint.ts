@@ -17,6 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { moveFilesInto, writeFileAtomic } from '../io/atomic.js';
+import { assertRegularIfExists, readJsonFile } from '../io/files.js';
 import { readModelWeights, writeSafetensorsFile, type TensorEntry, type TensorToWrite } from '../io/safetensors.js';
 import { loadConfig } from '../models/registry.js';
 import { layerLinears, type CausalLM, type LinearModule, type Norm } from '../models/model.js';
@@ -47,8 +48,9 @@ export interface BnbQuantizationConfig {
 export function readBnbQuantizationConfig(dir: string): BnbQuantizationConfig | null {
   const file = join(dir, 'config.json');
   let raw: unknown;
+  assertRegularIfExists(file, 'config.json'); // a FIFO or device would block or never end
   try {
-    raw = JSON.parse(readFileSync(file, 'utf8'));
+    raw = readJsonFile(file, { what: 'config.json' });
   } catch {
     return null; // loadConfig reports an unreadable config.json
   }
@@ -84,8 +86,10 @@ const COMPONENT_RE = /^(.+)\.weight\.(absmax|quant_map|nested_absmax|nested_quan
 
 function f32Of(e: TensorEntry, what: string): Float32Array {
   if (e.dtype !== 'F32') throw new PeftError('wrong dtype for a 4-bit statistics tensor', { file: e.file, field: e.name, expected: `F32 (${what})`, found: e.dtype });
+  if (e.shape.length !== 1) throw new PeftError('a 4-bit statistics tensor must be 1-D', { file: e.file, field: e.name, expected: `a 1-D tensor (${what})`, found: `shape [${e.shape.join(', ')}]` });
   const d = e.data;
-  return d.byteOffset % 4 === 0 ? new Float32Array(d.buffer, d.byteOffset, d.byteLength / 4) : new Float32Array(d.slice().buffer);
+  // a copy when unaligned: `new Uint8Array(d)` owns a fresh buffer (a Buffer's slice() is a view of the file)
+  return d.byteOffset % 4 === 0 ? new Float32Array(d.buffer, d.byteOffset, d.byteLength / 4) : new Float32Array(new Uint8Array(d).buffer);
 }
 
 /** Options of {@link loadBnbCheckpoint}. */
@@ -144,6 +148,16 @@ export function loadBnbCheckpoint(dir: string, opts: LoadBnbOptions = {}): Causa
     if (stateEntry.dtype !== 'U8') throw new PeftError('wrong dtype for a quant state', { file, field: stateEntry.name, expected: 'U8', found: stateEntry.dtype });
     if (absmaxEntry.dtype !== 'U8' && absmaxEntry.dtype !== 'F32') {
       throw new PeftError('wrong dtype for absmax', { file, field: absmaxEntry.name, expected: 'U8 or F32', found: absmaxEntry.dtype });
+    }
+    if (absmaxEntry.shape.length !== 1) {
+      throw new PeftError('absmax must be 1-D', { file, field: absmaxEntry.name, expected: 'a 1-D tensor (one value per block)', found: `shape [${absmaxEntry.shape.join(', ')}]` });
+    }
+    // bitsandbytes QuantState.from_dict requires quant_map (the code table); a checkpoint without it is not one bnb wrote
+    if (!weights.has(`${w}.quant_map`)) {
+      throw new PeftError('missing quant_map', { file, field: `${w}.quant_map`, expected: 'the 16-entry F32 code table (bitsandbytes get_4bit_type)', found: 'nothing' });
+    }
+    if (packedEntry.dtype !== 'U8') {
+      throw new PeftError('wrong dtype for packed 4-bit codes', { file, field: w, expected: 'U8', found: packedEntry.dtype });
     }
     const opt = (suffix: string, what: string): Float32Array | undefined => {
       const e = weights.get(`${w}.${suffix}`);

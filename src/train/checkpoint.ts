@@ -3,10 +3,11 @@
  * position, written to a temporary directory and renamed into place (atomic). Resuming from one
  * continues to the same final weights as an uninterrupted run.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
+import { readJsonObject, shortMessage } from '../io/files.js';
 import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from '../io/safetensors.js';
 import type { NamedTensor } from '../peft/types.js';
 import type { AdamWState } from './optim.js';
@@ -46,17 +47,124 @@ export function saveCheckpoint(dir: string, params: NamedTensor[], opt: AdamWSta
   renameSync(tmp, dir);
 }
 
-/** The newest `checkpoint-N` directory inside `dir`, or `dir` itself when it is a checkpoint. */
-export function resolveCheckpoint(dir: string): string {
-  if (existsSync(join(dir, 'trainer_state.json'))) return dir;
+/** Why a checkpoint directory cannot be resumed from, or null when it looks complete. */
+export function checkpointProblem(dir: string): string | null {
+  for (const f of ['trainer_state.json', 'params.safetensors', 'optimizer.safetensors'])
+    if (!existsSync(join(dir, f))) return `${f} is missing`;
+  try {
+    readTrainerState(join(dir, 'trainer_state.json'));
+  } catch (e) {
+    return e instanceof PeftError ? e.message : shortMessage(e);
+  }
+  return null;
+}
+
+/** A checkpoint to resume from, and the newer ones skipped because they were incomplete. */
+export interface FoundCheckpoint {
+  dir: string;
+  skipped: Array<{ dir: string; reason: string }>;
+}
+
+/**
+ * The newest complete `checkpoint-N` directory inside `dir` (or `dir` itself when it is a
+ * checkpoint). A newer checkpoint whose trainer_state.json is truncated or whose tensor files are
+ * missing (a kill at the wrong moment, a full disk) is skipped and reported in `skipped`, so the
+ * run falls back to the previous complete one. Temporary `checkpoint-N.tmp-PID` directories are
+ * never candidates.
+ * @throws PeftError naming `dir` when it does not exist or holds no complete checkpoint, or naming
+ *   the file when `dir` is itself a checkpoint and is incomplete.
+ */
+export function findCheckpoint(dir: string): FoundCheckpoint {
+  if (existsSync(join(dir, 'trainer_state.json'))) {
+    const problem = checkpointProblem(dir);
+    if (problem) throw new PeftError(`cannot resume from this checkpoint: ${problem}`, { file: dir, expected: 'a complete checkpoint (or the output directory holding checkpoint-N)' });
+    return { dir, skipped: [] };
+  }
   if (!existsSync(dir)) throw new PeftError('resume directory does not exist', { file: dir });
   const steps = readdirSync(dir)
     .map((n) => /^checkpoint-(\d+)$/.exec(n))
-    .filter((m): m is RegExpExecArray => m !== null && existsSync(join(dir, m[0], 'trainer_state.json')))
+    .filter((m): m is RegExpExecArray => m !== null)
     .map((m) => Number(m[1]))
     .sort((a, b) => b - a);
-  if (steps.length === 0) throw new PeftError('no checkpoint found to resume from', { file: dir, expected: 'a checkpoint-N directory with trainer_state.json' });
-  return join(dir, `checkpoint-${steps[0]}`);
+  const skipped: FoundCheckpoint['skipped'] = [];
+  for (const step of steps) {
+    const c = join(dir, `checkpoint-${step}`);
+    const problem = checkpointProblem(c);
+    if (problem === null) return { dir: c, skipped };
+    skipped.push({ dir: c, reason: problem });
+  }
+  throw new PeftError('no complete checkpoint found to resume from', {
+    file: dir, expected: 'a checkpoint-N directory with trainer_state.json, params.safetensors and optimizer.safetensors',
+    found: skipped.length ? skipped.map((s) => `${basename(s.dir)} (${s.reason})`).join('; ') : 'none',
+  });
+}
+
+/** The newest complete `checkpoint-N` directory inside `dir`, or `dir` itself when it is a checkpoint (see {@link findCheckpoint}). */
+export function resolveCheckpoint(dir: string): string {
+  return findCheckpoint(dir).dir;
+}
+
+/**
+ * Reads and checks a trainer_state.json: a JSON object with an integer `step` >= 0, an `options`
+ * object, a `history` list and a numeric `tokensSeen`.
+ * @throws PeftError naming the file and the field (a truncated file is "invalid JSON").
+ */
+export function readTrainerState(file: string): TrainerState {
+  const raw = readJsonObject(file, { what: 'trainer_state.json (a JSON object)' });
+  const bad = (field: string, expected: string): never => {
+    throw new PeftError('invalid trainer state', { file, field, expected, found: JSON.stringify(raw[field])?.slice(0, 60) ?? 'nothing' });
+  };
+  if (!Number.isSafeInteger(raw.step) || (raw.step as number) < 0) bad('step', 'an integer >= 0');
+  if (typeof raw.options !== 'object' || raw.options === null || Array.isArray(raw.options)) bad('options', 'an object');
+  if (!Array.isArray(raw.history)) bad('history', 'a list');
+  if (typeof raw.tokensSeen !== 'number' || !Number.isFinite(raw.tokensSeen)) bad('tokensSeen', 'a number');
+  return raw as unknown as TrainerState;
+}
+
+/**
+ * Removes `checkpoint-N.tmp-PID` directories that a killed run left behind in `dir` (those of a
+ * process that is no longer running). Returns the names removed.
+ */
+export function cleanStaleCheckpointTemps(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  const removed: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const m = /^checkpoint-\d+\.tmp-(\d+)$/.exec(name);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid !== process.pid && processAlive(pid)) continue;
+    rmSync(join(dir, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Keeps the `limit` newest `checkpoint-N` directories of `dir` and deletes older ones (as
+ * transformers' `save_total_limit`). Returns the names deleted. `limit` 0 keeps all.
+ */
+export function pruneCheckpoints(dir: string, limit: number): string[] {
+  if (limit <= 0 || !existsSync(dir)) return [];
+  const steps = readdirSync(dir)
+    .map((n) => /^checkpoint-(\d+)$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .sort((a, b) => b - a);
+  const removed: string[] = [];
+  for (const step of steps.slice(limit)) {
+    rmSync(join(dir, `checkpoint-${step}`), { recursive: true, force: true });
+    removed.push(`checkpoint-${step}`);
+  }
+  return removed;
 }
 
 /** Loads a checkpoint into the given parameters and optimizer state; returns the trainer state. */
@@ -78,6 +186,5 @@ export function loadCheckpoint(dir: string, params: NamedTensor[], opt: AdamWSta
     load(ofile, os.tensors, `exp_avg_sq.${p.name}`, opt.v.get(p.name)!);
   }
   opt.step = Number(os.metadata.step ?? 0);
-  const state = JSON.parse(readFileSync(join(dir, 'trainer_state.json'), 'utf8')) as TrainerState;
-  return state;
+  return readTrainerState(join(dir, 'trainer_state.json'));
 }

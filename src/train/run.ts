@@ -4,10 +4,11 @@
  * (the adapter in HF PEFT format — or, for full fine-tuning, a Hugging Face model directory),
  * the metrics log (JSONL), the loss curve (SVG) and the run's arguments.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
+import { accessSync, appendFileSync, constants as fsConstants, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
+import { readRegularFile } from '../io/files.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { decoderLinears, type CausalLM } from '../models/model.js';
 import { loadModel } from '../models/load.js';
@@ -21,7 +22,8 @@ import { saveModelDir } from '../models/save.js';
 import { createLoader, loadDataset, type Dataset, type TrainBatch } from './data/index.js';
 import { evaluate, type EvalResult } from './evaluate.js';
 import { batchLoss, fullFineTuneParameters } from './methods.js';
-import { resolveCheckpoint } from './checkpoint.js';
+import { readTrainerState, resolveCheckpoint } from './checkpoint.js';
+import { buildProvenance, writeProvenance, type RunMetrics } from '../lifecycle/provenance.js';
 import { train, TRAIN_DEFAULTS, type StepMetrics, type TrainOptions, type TrainResult } from './trainer.js';
 
 export type MethodName = 'lora' | 'qlora' | 'full' | 'adapter' | 'prefix' | 'prompt' | 'ia3';
@@ -85,6 +87,8 @@ export interface RunEvents {
   onStep?(m: StepMetrics): void;
   onEval?(step: number, loss: number): void;
   onCheckpoint?(dir: string): void;
+  /** Something the user should know (a torn log line dropped, a checkpoint skipped, a setting changed on resume). */
+  onNote?(message: string): void;
 }
 
 export interface TrainRunResult {
@@ -185,6 +189,8 @@ function rss(): number {
 export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): Promise<TrainRunResult> {
   const t0 = performance.now();
   let peakRss = rss();
+  // every output is checked before anything is loaded, so a bad path fails in a second, not after training
+  checkOutputsWritable(o);
   const setup = setupMethod(o);
   const { model, tokenizer, peft, params } = setup;
   const maxSeqLength = o.maxSeqLength ?? 256;
@@ -205,10 +211,12 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   const metricsFile = out ? join(out, 'metrics.jsonl') : null;
   if (metricsFile && !o.resume) writeFileSync(metricsFile, '');
   if (metricsFile && o.resume && existsSync(metricsFile)) {
-    // drop what the interrupted run logged after its checkpoint: those steps are redone
-    const from = (JSON.parse(readFileSync(join(resolveCheckpoint(o.resume), 'trainer_state.json'), 'utf8')) as { step: number }).step;
-    const kept = readFileSync(metricsFile, 'utf8').split('\n').filter((l) => l.trim() && (JSON.parse(l) as { step: number }).step <= from);
-    writeFileSync(metricsFile, kept.map((l) => l + '\n').join(''));
+    // drop what the interrupted run logged after its checkpoint: those steps are redone; a line torn
+    // by the kill (or otherwise unreadable) is dropped too, and said
+    const from = readTrainerState(join(resolveCheckpoint(o.resume), 'trainer_state.json')).step;
+    const { records, dropped } = readMetricsLog(metricsFile);
+    if (dropped > 0) events.onNote?.(`${metricsFile}: dropped ${dropped} unreadable line(s) (a torn write from the interrupted run)`);
+    writeFileAtomic(metricsFile, records.filter((r) => (r.step as number) <= from).map((r) => JSON.stringify(r) + '\n').join(''));
   }
   const log = (rec: Record<string, unknown>): void => {
     if (metricsFile) appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
@@ -248,6 +256,7 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
       events.onEval?.(step, loss);
     },
     onCheckpoint: events.onCheckpoint,
+    onNote: events.onNote,
   }, opts);
   const trainSeconds = (performance.now() - t0) / 1000;
   const forgettingAfter = forgettingExamples ? evaluate(model, forgettingExamples, { batchSize: o.batchSize ?? 8, maxSeqLength }) : null;
@@ -255,10 +264,11 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   if (out) {
     saveResult({ model, peft }, out, baseName);
     // the whole run's curve, from the log (a resumed run continues the interrupted one's)
-    const logged = readFileSync(metricsFile!, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as { type: string; step: number; loss: number });
+    const logged = readMetricsLog(metricsFile!).records as Array<{ type: string; step: number; loss: number }>;
     const points = logged.map((m) => ({ step: m.step, loss: m.loss, split: m.type === 'eval' ? 'validation' : 'train' }));
     writeFileAtomic(join(out, 'loss_curve.svg'), await lossCurveSvg(points, `${o.method ?? 'lora'} on ${basename(o.data)}`));
     writeJsonAtomic(join(out, 'train_args.json'), { ...stripUndefined(o), summary: setup.summary });
+    if (peft) writeRunProvenance(out, o, peft, result, forgettingBefore, forgettingAfter, newDomainBefore);
   }
   const run: TrainRunResult = {
     model, peft, tokenizer, dataset, result, summary: setup.summary, outputDir: out, quant: setup.quant, peakRss,
@@ -268,6 +278,105 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   };
   if (o.resultJson) writeJsonAtomic(o.resultJson, runSummary(run, o, setup.params));
   return run;
+}
+
+/** training_provenance.json + the model card (src/lifecycle/provenance.ts) for an adapter run. */
+function writeRunProvenance(out: string, o: TrainRunOptions, peft: PeftModel, result: TrainResult, fBefore: EvalResult | null, fAfter: EvalResult | null, vBefore: EvalResult | null): void {
+  const evals = result.evals;
+  const last = evals[evals.length - 1];
+  const steps = result.steps;
+  const metrics: RunMetrics = {
+    steps: result.state.step,
+    ...(steps.length ? { train_loss: steps[steps.length - 1].loss } : {}),
+    ...(vBefore ? { eval_loss_before: vBefore.loss, eval_perplexity_before: vBefore.perplexity } : {}),
+    ...(last ? { eval_loss: last.loss, eval_perplexity: last.perplexity } : {}),
+    ...(fBefore && fAfter ? { forgetting_perplexity_before: fBefore.perplexity, forgetting_perplexity_after: fAfter.perplexity } : {}),
+  };
+  writeProvenance(out, buildProvenance({
+    baseDir: o.model ?? DEFAULT_MODEL, baseName: o.model ?? basename(DEFAULT_MODEL), method: o.method ?? 'lora',
+    peftType: String(peft.get('default').config().peft_type), trainArgs: stripUndefined(o) as Record<string, unknown>,
+    data: [{ role: 'train', path: o.data }, { role: 'validation', path: o.valData }, { role: 'forgetting', path: o.forgettingData }],
+    chatTemplate: o.chatTemplate, metrics,
+  }));
+}
+
+/**
+ * Reads metrics.jsonl: one JSON object per line with a numeric `step`. Lines that do not parse (a
+ * torn last line after a kill) are skipped and counted instead of failing the run.
+ */
+export function readMetricsLog(file: string): { records: Array<Record<string, unknown>>; dropped: number } {
+  const records: Array<Record<string, unknown>> = [];
+  let dropped = 0;
+  for (const line of readTextFileLenient(file).split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      const r = JSON.parse(line) as unknown;
+      if (typeof r === 'object' && r !== null && !Array.isArray(r) && typeof (r as { step?: unknown }).step === 'number') records.push(r as Record<string, unknown>);
+      else dropped++;
+    } catch {
+      dropped++;
+    }
+  }
+  return { records, dropped };
+}
+
+/** A log file's text; invalid UTF-8 (a torn multi-byte character) is replaced rather than fatal. */
+function readTextFileLenient(file: string): string {
+  return Buffer.from(readRegularFile(file, { maxBytes: 1024 * 2 ** 20, what: 'metrics.jsonl' })).toString('utf8');
+}
+
+/** The files a run writes into `--output`, which must not be directories. */
+const OUTPUT_FILES = ['adapter_model.safetensors', 'adapter_config.json', 'model.safetensors', 'config.json', 'metrics.jsonl', 'loss_curve.svg', 'train_args.json', 'training_provenance.json', 'README.md'];
+
+/**
+ * Checks before training that every output can be written: `--output` is a directory or can be
+ * created, is writable, and none of the files the run writes there is a directory; `--result-json`
+ * is not a directory and its directory is writable.
+ * @throws PeftError naming the path and the option.
+ */
+export function checkOutputsWritable(o: TrainRunOptions): void {
+  if (o.output) {
+    const out = o.output;
+    if (existsSync(out) && !statSync(out).isDirectory())
+      throw new PeftError('output path exists and is not a directory', { file: out, field: '--output', expected: 'a directory (or nothing)', found: 'a file' });
+    if (resolve(out) === resolve(o.model ?? DEFAULT_MODEL))
+      throw new PeftError('output directory is the base model; saving there would overwrite it', { file: out, field: '--output', expected: 'a directory other than --model' });
+    for (const f of OUTPUT_FILES) {
+      const p = join(out, f);
+      if (existsSync(p) && statSync(p).isDirectory())
+        throw new PeftError('an output file of the run is a directory', { file: p, field: '--output', expected: `${f} to be a file (or absent)`, found: 'a directory' });
+    }
+    probeWritableDir(existsSync(out) ? out : nearestExisting(out), '--output');
+  }
+  if (o.resultJson) {
+    const p = o.resultJson;
+    if (existsSync(p) && statSync(p).isDirectory())
+      throw new PeftError('result file is a directory', { file: p, field: '--result-json', expected: 'a file path', found: 'a directory' });
+    const parent = dirname(resolve(p));
+    if (!existsSync(parent)) throw new PeftError('directory of the result file does not exist', { file: p, field: '--result-json', expected: `an existing directory ${parent}` });
+    probeWritableDir(parent, '--result-json');
+  }
+}
+
+/** The deepest existing ancestor of `path` (where mkdir -p would start). */
+function nearestExisting(path: string): string {
+  let p = resolve(path);
+  while (!existsSync(p)) {
+    const up = dirname(p);
+    if (up === p) break;
+    p = up;
+  }
+  if (!statSync(p).isDirectory()) throw new PeftError('output path runs through a file', { file: p, field: '--output', expected: 'a directory', found: 'a file' });
+  return p;
+}
+
+/** access(2) for write and search on `dir`; a refusal is a PeftError naming the directory. */
+function probeWritableDir(dir: string, flag: string): void {
+  try {
+    accessSync(dir, fsConstants.W_OK | fsConstants.X_OK);
+  } catch (e) {
+    throw new PeftError(`directory is not writable (${(e as NodeJS.ErrnoException).code ?? 'error'})`, { file: dir, field: flag, expected: 'a writable directory' });
+  }
 }
 
 /** Process peak RSS (bytes) as the OS reports it. */

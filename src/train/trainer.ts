@@ -10,7 +10,7 @@ import { PeftError } from '../errors.js';
 import type { ForwardContext } from '../models/model.js';
 import type { NamedTensor } from '../peft/types.js';
 import { backward, withArena, type LossResult } from '../tensor/index.js';
-import { loadCheckpoint, resolveCheckpoint, saveCheckpoint, type TrainerState } from './checkpoint.js';
+import { cleanStaleCheckpointTemps, findCheckpoint, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type TrainerState } from './checkpoint.js';
 import { adamwStep, ADAMW_DEFAULTS, clipGradNorm, newAdamWState, zeroGrads, type AdamWOptions } from './optim.js';
 import { lrFactor, type ScheduleName } from './schedule.js';
 
@@ -46,6 +46,8 @@ export interface TrainOptions extends AdamWOptions {
   outputDir?: string;
   /** Checkpoint (or output directory) to resume from. */
   resume?: string;
+  /** Keep only the N newest checkpoint-N directories (0 = keep all), as transformers' save_total_limit. */
+  saveTotalLimit: number;
 }
 
 export const TRAIN_DEFAULTS: TrainOptions = {
@@ -58,6 +60,7 @@ export const TRAIN_DEFAULTS: TrainOptions = {
   seed: 0,
   evalEvery: 0,
   checkpointEvery: 0,
+  saveTotalLimit: 0,
 };
 
 export interface StepMetrics {
@@ -81,6 +84,8 @@ export interface TrainHooks<B> {
   onStep?: (m: StepMetrics) => void;
   onEval?: (step: number, loss: number) => void;
   onCheckpoint?: (dir: string) => void;
+  /** Something the user should know about the run's state (a checkpoint skipped, a setting changed on resume). */
+  onNote?: (message: string) => void;
 }
 
 export interface TrainResult {
@@ -96,24 +101,46 @@ function stepSeed(seed: number, step: number, micro: number): number {
 
 export function train<B>(h: TrainHooks<B>, options: Partial<TrainOptions>): TrainResult {
   const o: TrainOptions = { ...TRAIN_DEFAULTS, ...options };
-  if (!Number.isInteger(o.maxSteps) || o.maxSteps < 1) throw new RangeError(`maxSteps must be an integer >= 1, got ${o.maxSteps}`);
-  if (!Number.isInteger(o.gradAccum) || o.gradAccum < 1) throw new RangeError(`gradAccum must be an integer >= 1, got ${o.gradAccum}`);
-  if (!(o.lr > 0)) throw new RangeError(`lr must be > 0, got ${o.lr}`);
-  if (!['constant', 'linear', 'cosine'].includes(o.schedule)) throw new RangeError(`schedule must be constant, linear or cosine, got ${JSON.stringify(o.schedule)}`);
-  if (!Number.isInteger(o.warmupSteps) || o.warmupSteps < 0) throw new RangeError(`warmupSteps must be an integer >= 0, got ${o.warmupSteps}`);
-  if (o.checkpointEvery > 0 && !o.outputDir) throw new RangeError('checkpointEvery needs outputDir');
+  const bad = (field: string, expected: string, found: unknown): never => {
+    throw new PeftError('invalid training option', { field, expected, found: JSON.stringify(found) ?? String(found) });
+  };
+  if (!Number.isInteger(o.maxSteps) || o.maxSteps < 1) bad('--max-steps', 'an integer >= 1', o.maxSteps);
+  if (!Number.isInteger(o.gradAccum) || o.gradAccum < 1) bad('--grad-accum', 'an integer >= 1', o.gradAccum);
+  if (typeof o.lr !== 'number' || !(o.lr > 0) || !Number.isFinite(o.lr)) bad('--lr', 'a number > 0', o.lr);
+  if (!['constant', 'linear', 'cosine'].includes(o.schedule)) bad('--schedule', 'constant, linear or cosine', o.schedule);
+  if (!Number.isInteger(o.warmupSteps) || o.warmupSteps < 0) bad('--warmup-steps', 'an integer >= 0', o.warmupSteps);
+  if (typeof o.maxGradNorm !== 'number' || !Number.isFinite(o.maxGradNorm) || o.maxGradNorm < 0) bad('--max-grad-norm', 'a number >= 0 (0 = no clipping)', o.maxGradNorm);
+  if (typeof o.weightDecay !== 'number' || !Number.isFinite(o.weightDecay) || o.weightDecay < 0) bad('--weight-decay', 'a number >= 0', o.weightDecay);
+  for (const [k, flag] of [['evalEvery', '--eval-every'], ['checkpointEvery', '--checkpoint-every'], ['saveTotalLimit', '--save-total-limit']] as const)
+    if (!Number.isInteger(o[k]) || o[k] < 0) bad(flag, 'an integer >= 0', o[k]);
+  if (!Number.isSafeInteger(o.seed) || o.seed < 0) bad('--seed', 'an integer >= 0', o.seed);
+  if (o.checkpointEvery > 0 && !o.outputDir) bad('--output', 'an output directory for --checkpoint-every', o.outputDir);
   const params = h.params;
   if (params.length === 0) throw new PeftError('nothing to train: the method has no trainable parameters');
   const opt = newAdamWState(params);
   const runOptions = { maxSteps: o.maxSteps, gradAccum: o.gradAccum, lr: o.lr, schedule: o.schedule, warmupSteps: o.warmupSteps, seed: o.seed };
   let state: TrainerState = { step: 0, data: null, history: [], options: runOptions, tokensSeen: 0 };
+  if (o.outputDir && o.checkpointEvery > 0) {
+    const removed = cleanStaleCheckpointTemps(o.outputDir);
+    if (removed.length) h.onNote?.(`removed ${removed.length} incomplete checkpoint temp dir(s) left by an interrupted run: ${removed.join(', ')}`);
+  }
   if (o.resume) {
-    const dir = resolveCheckpoint(o.resume);
+    const found = findCheckpoint(o.resume);
+    for (const s of found.skipped) h.onNote?.(`skipping incomplete ${s.dir}: ${s.reason}`);
+    const dir = found.dir;
+    if (found.skipped.length) h.onNote?.(`resuming from the previous complete checkpoint ${dir}`);
     state = loadCheckpoint(dir, params, opt);
     for (const k of ['gradAccum', 'seed'] as const) {
       if (state.options[k] !== runOptions[k])
         throw new PeftError('cannot resume with a different setting', { file: dir, field: k, expected: String(state.options[k]), found: String(runOptions[k]) });
     }
+    // a changed learning rate or length changes the schedule from here on: allowed, and said
+    const flags: Record<string, string> = { lr: '--lr', maxSteps: '--max-steps', schedule: '--schedule', warmupSteps: '--warmup-steps' };
+    for (const k of ['lr', 'maxSteps', 'schedule', 'warmupSteps'] as const) {
+      if (state.options[k] !== undefined && state.options[k] !== runOptions[k])
+        h.onNote?.(`resume: ${flags[k]} changed from ${String(state.options[k])} (checkpoint) to ${String(runOptions[k])}; the learning-rate schedule continues with the new value, so the result differs from an uninterrupted run`);
+    }
+    if (state.step >= o.maxSteps) h.onNote?.(`resume: the checkpoint is at step ${state.step}, already at or past --max-steps ${o.maxSteps}; no further steps`);
     h.data.restore(state.data);
     state.options = runOptions;
   }
@@ -166,6 +193,7 @@ export function train<B>(h: TrainHooks<B>, options: Partial<TrainOptions>): Trai
       const dir = join(o.outputDir!, `checkpoint-${state.step}`);
       saveCheckpoint(dir, params, opt, state, h.saveExtra);
       h.onCheckpoint?.(dir);
+      if (o.saveTotalLimit > 0) pruneCheckpoints(o.outputDir!, o.saveTotalLimit);
     }
   }
   doEval();

@@ -310,7 +310,7 @@ describe('temporary directories', () => {
       writeFileSync(join(dir, 'model.safetensors.index.json'), '{"metadata":{}}');
       expectPeftError(() => readModelWeights(dir), ['model.safetensors.index.json', 'weight_map']);
       writeFileSync(join(dir, 'model.safetensors.index.json'), '{"weight_map":');
-      expectPeftError(() => readModelWeights(dir), ['model.safetensors.index.json', 'not valid JSON']);
+      expectPeftError(() => readModelWeights(dir), ['model.safetensors.index.json', 'invalid JSON']);
     });
 
     it('names the directory when there are no weights', () => {

@@ -226,9 +226,9 @@ describe('LoRA bad input', () => {
     const dir = withBrokenAdapter((t) => t.set('base_model.model.model.layers.0.self_attn.q_proj.lora_C.weight', { dtype: 'F32', shape: [1], data: new Float32Array(1) }));
     expect(() => load(dir)).toThrow(/unexpected: .*lora_C\.weight/);
   });
-  it('a rank mismatch names the tensor and both shapes', () => {
+  it('a rank mismatch names the config field, the tensor and both ranks (before allocating)', () => {
     const dir = withBrokenAdapter((_t, cfg) => { cfg.r = 8; });
-    expect(() => load(dir)).toThrow(/lora_A\.weight.*expected \[8,64\], found \[4,64\]/);
+    expect(() => load(dir)).toThrow(/adapter_config\.json: r: .*expected 4 \(rows of .*lora_A\.weight \[4, \d+\].*found 8/);
   });
   it('unknown config keys are ignored; a bad value names the key', () => {
     const ok = withBrokenAdapter((_t, cfg) => { cfg.some_future_option = { x: 1 }; });

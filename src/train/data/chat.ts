@@ -152,7 +152,9 @@ export function renderChat(tpl: ChatTemplate, messages: ChatMessage[], opts: Ren
     // unbalanced markers (data containing U+FDD0/U+FDD1): fall through on the cleaned text
     full = full.replaceAll(GEN_OPEN, '').replaceAll(GEN_CLOSE, '');
   }
-  const byPrefix = prefixSpans(tpl, messages, opts, full);
+  // prefix rendering renders every prefix: quadratic in the number of messages, so long conversations
+  // learn the end-of-turn marker from the first assistant turn and locate the rest in one pass
+  const byPrefix = messages.length <= PREFIX_RENDER_MAX_MESSAGES ? prefixSpans(tpl, messages, opts, full) : linearSpans(tpl, messages, opts, full);
   if (byPrefix) return { text: full, spans: byPrefix, method: 'prefix-render' };
   return { text: full, spans: searchSpans(messages, full, src, field), method: 'content-search' };
 }
@@ -221,6 +223,47 @@ function prefixSpans(tpl: ChatTemplate, messages: ChatMessage[], opts: RenderOpt
     spans.push([at[0], end]);
   }
   return spans;
+}
+
+/** Conversations longer than this use {@link linearSpans} (a constant number of renders) instead of one render per prefix. */
+export const PREFIX_RENDER_MAX_MESSAGES = 16;
+
+/**
+ * Spans of a long conversation in linear time: the first assistant turn is located by prefix
+ * rendering (two renders), which gives the end-of-turn text the template writes after an assistant
+ * content; every assistant content is then found in order in the full rendering, and labelled with
+ * that end-of-turn text when it follows. Null when the template is not prefix-consistent or a
+ * content is not found (the caller then falls back to content search).
+ */
+function linearSpans(tpl: ChatTemplate, messages: ChatMessage[], opts: RenderOptions, full: string): Array<[number, number]> | null {
+  const first = messages.findIndex((m) => m.role === 'assistant' && m.content.trim() !== '');
+  if (first < 0) return [];
+  const headText = renderPrefix(tpl, messages.slice(0, first + 2), opts);
+  const head = prefixSpans(tpl, messages.slice(0, first + 2), opts, headText);
+  if (!head || head.length === 0) return null;
+  const firstAt = findContent(headText, messages[first].content, head[0][0], headText.length);
+  if (!firstAt) return null;
+  const eot = headText.slice(firstAt[1], head[0][1]); // what the template writes right after the content (trimmed end)
+  const label = opts.labelEndOfTurn ?? true;
+  const spans: Array<[number, number]> = [];
+  let cursor = 0;
+  for (const m of messages) {
+    if (m.content.trim() === '') continue;
+    const at = findContent(full, m.content, cursor, full.length);
+    if (!at) return null;
+    cursor = at[1];
+    if (m.role !== 'assistant') continue;
+    let end = at[1];
+    if (label && eot !== '' && full.startsWith(eot, end)) end += eot.length;
+    spans.push([at[0], end]);
+    cursor = end;
+  }
+  return spans;
+}
+
+function renderPrefix(tpl: ChatTemplate, messages: ChatMessage[], opts: RenderOptions): string {
+  const r = renderOnce(tpl, messages, opts);
+  return tpl.hasGeneration ? r.replaceAll(GEN_OPEN, '').replaceAll(GEN_CLOSE, '') : r;
 }
 
 function searchSpans(messages: ChatMessage[], full: string, src: RecordSource, field: string): Array<[number, number]> {

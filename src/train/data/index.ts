@@ -25,7 +25,7 @@
 import { PeftError } from '../../errors.js';
 import type { Tokenizer } from '../../io/tokenizer.js';
 import { countTargets, seededPermutation, truncateExample, type Example } from './batching.js';
-import { compileChatTemplate, DEFAULT_CHAT_TEMPLATE, encodeLabelled, renderChat, templateSpecialTokens, type ChatTemplate, type RecordSource } from './chat.js';
+import { compileChatTemplate, DEFAULT_CHAT_TEMPLATE, encodeLabelled, renderChat, templateSpecialTokens, type ChatTemplate, type LabelledTokens, type RecordSource } from './chat.js';
 import { alpacaPrompt, readRecords, type BadLine, type RecordFormat, type SourcedRecord } from './formats.js';
 
 export {
@@ -106,6 +106,20 @@ function specialAffixes(tok: Tokenizer): { prefix: number[]; suffix: number[] } 
   return a;
 }
 
+/** tok.encode(text, true) of a text cut to a character budget as in {@link encodeLabelledBounded}. */
+function encodeTextBounded(tok: Tokenizer, text: string, maxTokens: number): number[] {
+  let budget = Math.max(4096, maxTokens * 32);
+  while (text.length > budget) {
+    let cut = budget;
+    const c = text.charCodeAt(cut - 1);
+    if (c >= 0xd800 && c <= 0xdbff) cut--;
+    const ids = tok.encode(text.slice(0, cut), true);
+    if (ids.length >= maxTokens + 16) return ids;
+    budget *= 4;
+  }
+  return tok.encode(text, true);
+}
+
 function withEos(ids: number[], targets: number[], tok: Tokenizer): void {
   if (tok.eosTokenId !== null && ids[ids.length - 1] !== tok.eosTokenId) { ids.push(tok.eosTokenId); targets.push(1); }
 }
@@ -114,10 +128,31 @@ function example(ids: number[], targets: ArrayLike<number>, source: string): Exa
   return { ids: Int32Array.from(ids), targets: Uint8Array.from(targets), source };
 }
 
+/**
+ * {@link encodeLabelled} of at most about `maxTokens` tokens' worth of text: a record is truncated
+ * to maxSeqLength tokens on the right anyway, so a huge record (a 64 MiB line) is cut to a
+ * character budget (32 characters per token, at least 4096) before tokenizing, keeping memory
+ * bounded. The budget grows ×4 while the cut text gives fewer than maxTokens + 16 tokens (so the
+ * kept tokens never depend on where the cut fell); spans are clipped to the cut.
+ */
+export function encodeLabelledBounded(tok: Tokenizer, text: string, spans: ReadonlyArray<readonly [number, number]>, src: RecordSource, maxTokens: number): LabelledTokens {
+  let budget = Math.max(4096, maxTokens * 32);
+  while (text.length > budget) {
+    let cut = budget;
+    const c = text.charCodeAt(cut - 1);
+    if (c >= 0xd800 && c <= 0xdbff) cut--; // never split a surrogate pair
+    const clipped = spans.filter(([a]) => a < cut).map(([a, b]) => [a, Math.min(b, cut)] as const);
+    const r = encodeLabelled(tok, text.slice(0, cut), clipped, src);
+    if (r.ids.length >= maxTokens + 16) return r;
+    budget *= 4;
+  }
+  return encodeLabelled(tok, text, spans, src);
+}
+
 /** prompt + answer tokenized once with the post-processor's specials around it; the answer (and the specials after it, and EOS) learned. */
-function supervised(tok: Tokenizer, prompt: string, answer: string, src: RecordSource): { ids: number[]; targets: number[] } {
+function supervised(tok: Tokenizer, prompt: string, answer: string, src: RecordSource, maxTokens: number): { ids: number[]; targets: number[] } {
   const text = prompt + answer;
-  const core = encodeLabelled(tok, text, [[prompt.length, text.length]], src);
+  const core = encodeLabelledBounded(tok, text, [[prompt.length, text.length]], src, maxTokens);
   const { prefix, suffix } = specialAffixes(tok);
   const ids = [...prefix, ...core.ids, ...suffix];
   const targets = [...prefix.map(() => 0), ...core.targets, ...suffix.map(() => 1)];
@@ -137,7 +172,8 @@ export function encodeRecord(rec: SourcedRecord, tok: Tokenizer, opts: { maxSeqL
   let ids: number[], targets: number[];
   switch (r.format) {
     case 'text': {
-      ids = tok.encode(r.text, true);
+      // a record (not a whole .txt document in blocks) keeps only maxSeqLength tokens: cut first
+      ids = r.blocks ? tok.encode(r.text, true) : encodeTextBounded(tok, r.text, opts.maxSeqLength);
       targets = ids.map(() => 1);
       withEos(ids, targets, tok);
       if (r.blocks) {
@@ -151,17 +187,17 @@ export function encodeRecord(rec: SourcedRecord, tok: Tokenizer, opts: { maxSeqL
       break;
     }
     case 'alpaca':
-      ({ ids, targets } = supervised(tok, alpacaPrompt(r.instruction, r.input), r.output, src));
+      ({ ids, targets } = supervised(tok, alpacaPrompt(r.instruction, r.input), r.output, src, opts.maxSeqLength));
       break;
     case 'prompt-completion':
-      ({ ids, targets } = supervised(tok, r.prompt, r.completion, src));
+      ({ ids, targets } = supervised(tok, r.prompt, r.completion, src, opts.maxSeqLength));
       break;
     case 'chat': {
       if (!opts.chat) throw new PeftError('no chat template for a chat record', { file: rec.file, field: rec.where, expected: 'a chat_template in the tokenizer', found: 'none' });
       const rendered = renderChat(opts.chat, r.messages, {
         specialTokens: templateSpecialTokens(tok), tools: r.tools, labelEndOfTurn: opts.labelEndOfTurn,
       }, src);
-      const lt = encodeLabelled(tok, rendered.text, rendered.spans, src);
+      const lt = encodeLabelledBounded(tok, rendered.text, rendered.spans, src, opts.maxSeqLength);
       ids = lt.ids;
       targets = Array.from(lt.targets);
       break;
