@@ -155,7 +155,7 @@ async function main(): Promise<void> {
   };
   const initial = ['tales-0', 'tales-1', 'tales-2', 'tales-3'].map((n, i) => mk(n, 100 + i));
   const extra = [mk('late-0', 200), mk('late-1', 201)];
-  const s = await startServer({ port: 0, adapters: initial, defaultMetrics: false });
+  const s = await startServer({ port: 0, adapters: initial, defaultMetrics: false, adapterDir: dir });
   console.log(`peft serve bench: ${REQUESTS} concurrent streaming requests x ${TOKENS} tokens (temperature 0.8, ignore_eos), stories260K, ` +
     `${cpus().length} CPUs, ${native.numThreads()} native kernel thread(s), batch slots 32, ${s.url}`);
   let failed = 0;

@@ -18,7 +18,13 @@ export function serveCommand(): Command {
     .description('serve the model and adapters over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /v1/adapters, /health, /metrics)')
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled stories260K)')
     .option('--adapter <name=dir>', 'load an adapter under a name (repeatable); requests select it with "model": NAME', adapterSpec)
-    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--host <host>', 'address to listen on (an address other than loopback needs --api-key, or --insecure)', '127.0.0.1')
+    .option('--api-key <key>', 'require "Authorization: Bearer KEY" on every endpoint but /health and /metrics (default: env PEFT_API_KEY)')
+    .option('--insecure', 'listen on a non-loopback --host without an API key')
+    .option('--adapter-dir <dir>', 'directory POST /v1/adapters may load adapters from, by name or relative path (default: run-time loading off)')
+    .option('--max-adapters <n>', 'adapters held at once (0 = no cap); beyond it the least recently used idle one loaded at run time is unloaded', int('--max-adapters'), 32)
+    .option('--max-adapter-bytes <bytes>', 'bytes of adapter files held at once (0 = no cap)', int('--max-adapter-bytes'), 4 * 1024 ** 3)
+    .option('--health-stall-timeout <s>', '/health answers 503 when queued work has seen no decoding step for this many seconds (0 = never)', int('--health-stall-timeout'), 60)
     .option('--port <n>', 'port to listen on', int('--port'), 8000)
     .option('--served-model-name <id>', "the base model's id in the API (default: the model directory's name)")
     .option('--max-batch <n>', 'sequences decoded together (batch slots)', int('--max-batch', 1), 32)
@@ -34,15 +40,20 @@ export function serveCommand(): Command {
     const o = withConfigFile(cmd, raw) as {
       model?: string; adapter?: Array<{ name: string; path: string }> | string[]; host: string; port: number; servedModelName?: string;
       maxBatch: number; maxQueue: number; requestTimeout: number; bodyLimit: number; maxPrefillTokens: number; stopIds?: number[]; quantize?: string; threads?: number;
+      apiKey?: string; insecure?: boolean; adapterDir?: string; maxAdapters: number; maxAdapterBytes: number; healthStallTimeout: number;
     };
+    const apiKey = o.apiKey ?? (process.env.PEFT_API_KEY || undefined);
     // a config file gives adapters as a list of "NAME=DIR" strings or {name, path} objects
     const adapters = (o.adapter ?? []).flatMap((a) => (typeof a === 'string' ? adapterSpec(a) : [a]));
     const opts: ServeOptions = {
       model: o.model, modelId: o.servedModelName, adapters, host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue,
       requestTimeoutMs: o.requestTimeout * 1000, bodyLimit: o.bodyLimit, maxPrefillTokens: o.maxPrefillTokens, stopIds: o.stopIds, quantize: o.quantize, threads: o.threads,
+      apiKey, insecure: o.insecure === true, adapterDir: o.adapterDir, maxAdapters: o.maxAdapters, maxAdapterBytes: o.maxAdapterBytes, healthStallMs: o.healthStallTimeout * 1000,
     };
     const server = await startServer(opts);
-    process.stdout.write(`serving ${server.modelId}${adapters.length ? ` with adapters ${adapters.map((a) => a.name).join(', ')}` : ''} on ${server.url}\n`);
+    process.stdout.write(`serving ${server.modelId}${server.quantize ? ` (${server.quantize} base)` : ''}${adapters.length ? ` with adapters ${adapters.map((a) => a.name).join(', ')}` : ''} on ${server.url}` +
+      `${apiKey ? ' (API key required)' : ''}${o.adapterDir ? `; run-time adapters from ${o.adapterDir}` : ''}\n`);
+    if (!apiKey && o.insecure === true) process.stderr.write(`warning: --insecure: ${o.host} is served without an API key\n`);
     let stopping = false;
     const stop = (): void => {
       if (stopping) return;

@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { readTextFile } from '../io/files.js';
 import { runTraining, METHODS, type MethodName, type TrainRunOptions } from '../train/run.js';
+import { OBJECTIVES } from '../train/preference/losses.js';
 import { float, int, list, requireOptions, withConfigFile } from './options.js';
 import { trainingProgress } from './progress.js';
 
@@ -53,6 +54,15 @@ export function trainCommand(): Command {
     .option('--forgetting-data <file>', 'text of the base model\'s own domain: perplexity before and after measures forgetting')
     .option('--max-forgetting-examples <n>', 'score at most N forgetting examples (0 = all)', int('--max-forgetting-examples'), 0)
     .option('--result-json <file>', 'write a JSON summary of the run (metrics, perplexities, memory, time)')
+    .option('--adapter <dir>', 'continue training this existing adapter (e.g. an SFT adapter) instead of a new one; with dpo/ipo/kto it is also the frozen reference')
+    .option('--objective <name>', `training objective: sft | ${OBJECTIVES.join(' | ')} (preference objectives read {"prompt","chosen","rejected"} data; kto reads {"prompt","completion","label"})`, 'sft')
+    .option('--beta <x>', 'preference objectives: β (default 0.1; simpo 2.0)', float('--beta', 0))
+    .option('--label-smoothing <x>', 'dpo/simpo: probability that a preference is flipped (conservative DPO)', float('--label-smoothing', 0, 0.4999))
+    .option('--simpo-gamma <x>', 'simpo: target reward margin γ (default 0.5)', float('--simpo-gamma'))
+    .option('--cpo-alpha <x>', 'simpo: weight of the NLL term on chosen completions (default 0)', float('--cpo-alpha', 0))
+    .option('--desirable-weight <x>', 'kto: weight of desirable examples (default 1)', float('--desirable-weight', 0))
+    .option('--undesirable-weight <x>', 'kto: weight of undesirable examples (default 1)', float('--undesirable-weight', 0))
+    .option('--precompute-ref-logps', 'dpo/ipo: compute the reference log-probabilities once before training and cache them (always with --method full)')
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action(async (raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as Record<string, unknown>;
@@ -105,6 +115,15 @@ export function trainCommand(): Command {
       resume: o.resume as string | undefined,
       skipBadLines: Boolean(o.skipBadLines),
       chatTemplate: o.chatTemplate ? readTextFile(o.chatTemplate as string, { maxBytes: 4 * 2 ** 20, what: 'a Jinja chat template' }) : undefined,
+      adapter: o.adapter as string | undefined,
+      objective: o.objective as TrainRunOptions['objective'],
+      beta: o.beta as number | undefined,
+      labelSmoothing: o.labelSmoothing as number | undefined,
+      simpoGamma: o.simpoGamma as number | undefined,
+      cpoAlpha: o.cpoAlpha as number | undefined,
+      desirableWeight: o.desirableWeight as number | undefined,
+      undesirableWeight: o.undesirableWeight as number | undefined,
+      precomputeRefLogps: Boolean(o.precomputeRefLogps),
     };
     const bar = trainingProgress();
     const r = await runTraining(opts, {
@@ -115,7 +134,9 @@ export function trainCommand(): Command {
         bar.start(i.maxSteps, opts.method ?? 'lora');
       },
       onStep: (m) => bar.step(m),
-      onEval: (step, loss) => bar.log(`step ${step}: validation loss ${loss.toFixed(4)}, perplexity ${Math.exp(loss).toFixed(3)}`),
+      onEval: (step, loss) => bar.log(opts.objective && opts.objective !== 'sft'
+        ? `step ${step}: validation ${opts.objective} loss ${loss.toFixed(4)}`
+        : `step ${step}: validation loss ${loss.toFixed(4)}, perplexity ${Math.exp(loss).toFixed(3)}`),
       onCheckpoint: (dir) => bar.log(`checkpoint: ${dir}`),
       onNote: (message) => bar.log(`note: ${message}`),
     });
@@ -124,6 +145,12 @@ export function trainCommand(): Command {
     if (skipped > 0) process.stdout.write(`skipped ${skipped} malformed line(s)\n`);
     const last = r.result.steps[r.result.steps.length - 1];
     process.stdout.write(`done: ${r.result.state.step} steps, final train loss ${last ? last.loss.toFixed(4) : '-'}, ${Math.round(last?.tokensPerSecond ?? 0)} tokens/s, peak RSS ${(r.peakRss / 2 ** 20).toFixed(0)} MiB\n`);
+    const pref = r.preference;
+    if (pref) {
+      process.stdout.write(`reference: ${pref.referenceDescription}\n`);
+      const keys = ['loss', 'rewards/accuracies', 'rewards/margins', 'logps/accuracies'];
+      if (pref.before && pref.after) for (const k of keys) if (k in pref.after) process.stdout.write(`held-out ${k}: ${(pref.before[k] ?? NaN).toFixed(4)} → ${pref.after[k].toFixed(4)}\n`);
+    }
     if (r.forgetting) process.stdout.write(`forgetting: base-domain perplexity ${r.forgetting.before.perplexity.toFixed(3)} → ${r.forgetting.after.perplexity.toFixed(3)}\n`);
     if (r.outputDir) process.stdout.write(`saved to ${r.outputDir} (metrics.jsonl, loss_curve.svg)\n`);
   });

@@ -19,7 +19,7 @@
  */
 import { cachedSeqRows, defaultContext, forwardCached, lmLogits, type CachedSeq, type CausalLM, type ForwardContext } from '../models/model.js';
 import { noGrad, Tensor, withArena } from '../tensor/index.js';
-import type { SequenceSetup } from './generate.js';
+import { defaultSequenceSetup, type SequenceSetup } from './generate.js';
 import { KVCache } from './kv-cache.js';
 import { checkSampling, makeRng, sampleToken, type SamplingOptions } from './sampling.js';
 
@@ -181,7 +181,7 @@ export class BatchDecoder {
     if ((req.stopStrings ?? []).some((s) => s.length === 0)) throw new RangeError('stop strings must not be empty');
     if ((req.stopStrings ?? []).length > 0 && !this.opts.decode) throw new RangeError('stop strings need a decode function');
     const adapter = req.adapter ?? null;
-    const setup = this.opts.setup ?? {};
+    const setup = this.opts.setup ?? defaultSequenceSetup(this.model);
     const offset = setup.positionOffset?.(adapter) ?? 0;
     const positionsLeft = c.maxPositionEmbeddings - offset - req.promptIds.length;
     if (positionsLeft < 1) throw new RangeError(`prompt of ${req.promptIds.length} tokens leaves no room in the context of ${c.maxPositionEmbeddings} positions`);
@@ -296,7 +296,7 @@ export class BatchDecoder {
 
   private initCache(s: Seq): void {
     const c = this.model.config;
-    const setup = this.opts.setup ?? {};
+    const setup = this.opts.setup ?? defaultSequenceSetup(this.model);
     s.prefix = setup.promptEmbeddings?.(s.adapter) ?? null;
     const P = s.prefix ? s.prefix.length / c.hiddenSize : 0;
     s.cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, s.req.promptIds.length + P + Math.min(s.limit, 256) + 1);

@@ -39,8 +39,27 @@ export interface SequenceSetup {
   promptEmbeddings?: (adapter: string | null | undefined) => Float32Array | null;
 }
 
-/** Generates a continuation of one prompt. */
-export function generate(model: CausalLM, promptIds: number[], opts: GenerateOptions = {}, setup: SequenceSetup = {},
+const registeredSetups = new WeakMap<CausalLM, SequenceSetup>();
+
+/**
+ * Registers the sequence setup generation uses for `model` when the caller passes none. A
+ * PeftModel registers its own when it is created, so an active prompt- or prefix-tuning adapter
+ * is honoured by `generate(model, ids)` exactly as by the uncached forward.
+ */
+export function registerSequenceSetup(model: CausalLM, setup: SequenceSetup): void {
+  registeredSetups.set(model, setup);
+}
+
+/** The setup registered for `model` ({@link registerSequenceSetup}), else none (the base model's). */
+export function defaultSequenceSetup(model: CausalLM): SequenceSetup {
+  return registeredSetups.get(model) ?? {};
+}
+
+/**
+ * Generates a continuation of one prompt. `setup` defaults to the one the model's PeftModel
+ * registered ({@link defaultSequenceSetup}); `adapter` undefined = the active adapter(s).
+ */
+export function generate(model: CausalLM, promptIds: number[], opts: GenerateOptions = {}, setup?: SequenceSetup,
   adapter: string | null | undefined = undefined): GenerationResult {
   return generateBatch(model, [{ ids: promptIds, adapter }], opts, setup)[0];
 }
@@ -48,8 +67,10 @@ export function generate(model: CausalLM, promptIds: number[], opts: GenerateOpt
 /**
  * Generates continuations of several prompts at once. Each row stops independently. With
  * `adapter` set on a prompt, only that row uses that adapter (ForwardContext.rowAdapters).
+ * `setup` defaults to {@link defaultSequenceSetup}.
  */
-export function generateBatch(model: CausalLM, prompts: BatchPrompt[], opts: GenerateOptions = {}, setup: SequenceSetup = {}): GenerationResult[] {
+export function generateBatch(model: CausalLM, prompts: BatchPrompt[], opts: GenerateOptions = {}, setupArg?: SequenceSetup): GenerationResult[] {
+  const setup = setupArg ?? defaultSequenceSetup(model);
   checkSampling(opts);
   const maxNew = opts.maxNewTokens ?? 64;
   if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);

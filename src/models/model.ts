@@ -255,12 +255,29 @@ export function defaultPositions(B: number, T: number): Int32Array {
 }
 
 /**
+ * Positions of a padded batch from its key mask, as transformers' generation derives them
+ * (`_prepare_position_ids_for_generation`): cumsum(mask) − 1 along each row, 0 at pads. A
+ * left-padded row's real tokens then sit at 0..n−1, exactly as when the row runs alone.
+ */
+export function maskPositions(keyMask: Uint8Array, B: number, T: number): Int32Array {
+  const p = new Int32Array(B * T);
+  for (let b = 0; b < B; b++) {
+    let c = -1;
+    for (let t = 0; t < T; t++) p[b * T + t] = keyMask[b * T + t] ? ++c : 0;
+  }
+  return p;
+}
+
+/**
  * Final hidden states [B·T', hidden] of a uniform batch (T' = T, or more when an input hook
- * such as prompt tuning adds virtual tokens; the returned batch says which).
+ * such as prompt tuning adds virtual tokens; the returned batch says which). When the batch has
+ * a keyMask and no positions, positions come from the mask ({@link maskPositions}), so padding
+ * never shifts a row's positions (nor a prefix's or prompt's, which are not rotated with them).
  */
 export function forwardHidden(model: CausalLM, batch: Batch, ctx: ForwardContext = defaultContext()): { hidden: Tensor; batch: Batch } {
   const c = model.config;
   if (batch.ids.length !== batch.B * batch.T) throw new Error(`forward: ${batch.ids.length} ids for B=${batch.B} × T=${batch.T}`);
+  if (batch.keyMask && !batch.positions) batch = { ...batch, positions: maskPositions(batch.keyMask, batch.B, batch.T) };
   let x = tokenEmbeddings(model, batch.ids);
   for (const hook of model.inputHooks) ({ embeds: x, batch } = hook(x, batch, ctx));
   const { B, T } = batch;

@@ -6,21 +6,9 @@
 import type { SequenceSetup } from '../generate/generate.js';
 import type { CausalLM } from '../models/model.js';
 import { loadAdapter } from './format.js';
-import { PeftModel } from './peft-model.js';
+import { PeftModel, sequenceSetup } from './peft-model.js';
 
-/** The generation setup for adapters of a PeftModel (by name; null = base model). */
-export function sequenceSetup(peft: PeftModel): SequenceSetup {
-  const pick = (adapter: string | null | undefined) => {
-    if (peft.disabled) return null;
-    const name = adapter === undefined ? peft.active[0] : adapter;
-    return name ? peft.get(name) : null;
-  };
-  return {
-    prepareCache: (cache, adapter) => pick(adapter)?.prepareCache?.(cache),
-    positionOffset: (adapter) => pick(adapter)?.positionOffset?.() ?? 0,
-    promptEmbeddings: (adapter) => pick(adapter)?.promptEmbeddings?.() ?? null,
-  };
-}
+export { sequenceSetup };
 
 /** Loads adapter directories (name → dir) onto `model`; the first becomes active. */
 export function attachAdapters(model: CausalLM, dirs: Array<{ name: string; dir: string }>): { peft: PeftModel; setup: SequenceSetup } {

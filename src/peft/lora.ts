@@ -284,9 +284,10 @@ export class LoraAdapter implements AdapterMethod {
 /**
  * target_modules as adapter_config.json records them: a list or a regex as the user gave it
  * (full module paths stay full paths, so a subset of layers stays that subset); 'all-linear' or
- * the model type's default resolved, as HF PEFT does, to the module-name suffixes when those select
- * exactly the targeted modules (with the saved layers_to_transform / exclude_modules), else to
- * the full module paths.
+ * the model type's default resolved, as HF PEFT 0.21 does (`_maybe_include_all_linear_layers`,
+ * then `_find_minimal_target_modules` from 20 modules up), to the full module paths, or to the
+ * module-name suffixes when there are at least 20 and the suffixes select exactly the targeted
+ * modules (with the saved layers_to_transform / exclude_modules).
  */
 export function savedTargetModules(model: CausalLM, cfg: LoraConfig, targeted: LinearModule[]): string | string[] {
   const t = cfg.target_modules;
@@ -296,7 +297,7 @@ export function savedTargetModules(model: CausalLM, cfg: LoraConfig, targeted: L
   const suffixes = moduleSuffixes(targeted);
   const spec = { ...cfg, target_modules: suffixes };
   const same = linearModules(model).every((m) => isTargeted(spec, m.name) === names.has(m.name));
-  return same ? suffixes : [...names].sort();
+  return same && names.size >= 20 ? suffixes : [...names].sort();
 }
 
 /** The full-precision delta scaling·B·A [out, in] of a layer. */

@@ -8,6 +8,7 @@
  * and forwards to those adapters' methods.
  */
 import { PeftError } from '../errors.js';
+import { registerSequenceSetup, type SequenceSetup } from '../generate/generate.js';
 import type { CausalLM, DecoderLayer, ForwardContext, LinearModule } from '../models/model.js';
 import { linearModules, namedParameters } from '../models/model.js';
 import { add, scale, Tensor } from '../tensor/index.js';
@@ -30,8 +31,14 @@ export class PeftModel {
   composition: Composition = 'stack';
   private hooked = new Set<string>();
 
+  /**
+   * Installs the dispatching hooks on `model` and registers this PeftModel's
+   * {@link sequenceSetup} as the model's default for generation, so `generate(model, ids)`
+   * honours active prompt/prefix-tuning adapters as the uncached forward does.
+   */
   constructor(readonly model: CausalLM) {
     this.installStructuralHooks();
+    registerSequenceSetup(model, sequenceSetup(this));
   }
 
   /** Registers an adapter under a name; it becomes active when `activate` (default true). */
@@ -173,6 +180,24 @@ export class PeftModel {
       return { embeds, batch };
     });
   }
+}
+
+/**
+ * The generation setup for adapters of a PeftModel: for a named adapter, that adapter (null =
+ * base model); for `undefined`, the active adapters; none while adapters are disabled; the first one that
+ * provides each hook, as the uncached forward uses the first active prefix.
+ */
+export function sequenceSetup(peft: PeftModel): SequenceSetup {
+  const adaptersFor = (adapter: string | null | undefined): AdapterMethod[] => {
+    if (peft.disabled) return [];
+    if (adapter === undefined) return peft.active.map((n) => peft.get(n));
+    return adapter ? [peft.get(adapter)] : [];
+  };
+  return {
+    prepareCache: (cache, adapter) => adaptersFor(adapter).find((a) => a.prepareCache)?.prepareCache!(cache),
+    positionOffset: (adapter) => adaptersFor(adapter).find((a) => a.positionOffset)?.positionOffset!() ?? 0,
+    promptEmbeddings: (adapter) => adaptersFor(adapter).find((a) => a.promptEmbeddings)?.promptEmbeddings!() ?? null,
+  };
 }
 
 /**

@@ -47,3 +47,28 @@ export async function barsSvg(rows: Array<{ method: string; metric: string; valu
     resolve: { scale: { y: 'independent' } },
   });
 }
+
+/**
+ * Several metrics against the optimizer step, one panel per metric (independent y scales), a line
+ * per split: e.g. preference tuning's loss, `rewards/margins`, `rewards/accuracies`.
+ */
+export async function metricPanelsSvg(points: Array<{ step: number; value: number; metric: string; split: string }>, title: string, columns = 2): Promise<string> {
+  return render({
+    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+    title,
+    data: { values: points },
+    facet: { field: 'metric', type: 'nominal', title: null, sort: [...new Set(points.map((p) => p.metric))] },
+    columns,
+    spec: {
+      width: 260,
+      height: 160,
+      mark: { type: 'line', point: { size: 10 } },
+      encoding: {
+        x: { field: 'step', type: 'quantitative', title: 'optimizer step' },
+        y: { field: 'value', type: 'quantitative', title: null, scale: { zero: false } },
+        color: { field: 'split', type: 'nominal', title: 'split' },
+      },
+    },
+    resolve: { scale: { y: 'independent' } },
+  });
+}

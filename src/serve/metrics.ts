@@ -21,6 +21,7 @@ export class ServeMetrics {
   readonly batchSize: Histogram;
   readonly stepSeconds: Histogram;
   readonly workerRestarts: Counter;
+  readonly adapterEvictions: Counter;
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -35,6 +36,7 @@ export class ServeMetrics {
     this.batchSize = new Histogram({ name: 'peft_serve_batch_sequences', help: 'Sequences per forward pass', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers });
     this.stepSeconds = new Histogram({ name: 'peft_serve_step_duration_seconds', help: 'Wall time of one batched forward pass (in the model thread)', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers });
     this.workerRestarts = new Counter({ name: 'peft_serve_worker_restarts_total', help: 'Times the model thread was restarted after dying', registers });
+    this.adapterEvictions = new Counter({ name: 'peft_serve_adapter_evictions_total', help: 'Idle adapters unloaded to make room for a new one (--max-adapters, --max-adapter-bytes)', registers });
     if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'peft_serve_' });
   }
 

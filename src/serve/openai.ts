@@ -118,11 +118,18 @@ function requireObject(body: unknown): Json {
   return body as Json;
 }
 
+/** A short, bounded description of a client's value (a nested value is never walked). */
+function preview(v: unknown): string {
+  if (typeof v === 'object' && v !== null) return Array.isArray(v) ? `an array of ${v.length}` : 'an object';
+  const t = typeof v === 'string' ? JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v) : String(v);
+  return t;
+}
+
 function rejectUnsupported(body: Json, chat: boolean): void {
   const isDefault = (k: string, ok: (v: unknown) => boolean): void => {
     const v = body[k];
     if (v === undefined || v === null || ok(v)) return;
-    throw new ApiError(400, `'${k}' is not supported by this server (got ${JSON.stringify(v)})`, k, 'unsupported_parameter');
+    throw new ApiError(400, `'${k}' is not supported by this server (got ${preview(v)})`, k, 'unsupported_parameter');
   };
   isDefault('n', (v) => v === 1);
   isDefault('best_of', (v) => v === 1);

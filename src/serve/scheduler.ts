@@ -14,6 +14,12 @@
  *   to its terminal event. Unloading removes the name at once (new requests get 404) but the
  *   worker deletes the weights only when the last reference is released, so in-flight requests
  *   always finish on the adapter they started with.
+ * - Adapter caps: at most `maxAdapters` adapters and `maxAdapterBytes` bytes of adapter files are
+ *   held (servable ones, draining ones and loads in progress all count). A load beyond a cap first
+ *   unloads the least recently used idle adapter loaded at run time (no queued or running job, not
+ *   given at start), repeatedly; when none is left to unload it is refused with 429.
+ * - Progress: the time of the model thread's last step (or of the moment work arrived at an idle
+ *   server) — {@link Scheduler.stalledMs} says how long work has waited without a step.
  */
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
@@ -22,6 +28,7 @@ import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { DecodeRequest, FinishReason, StepStats } from '../generate/batch.js';
+import type { AdapterRef } from './adapter-source.js';
 import type { ServeMetrics } from './metrics.js';
 import { ApiError } from './openai.js';
 import type { AdapterInfo, FromWorker, ModelInfo, ToWorker, WorkerEvent, WorkerInit } from './worker.js';
@@ -177,6 +184,14 @@ export interface AdapterEntry {
   /** Unloaded by the user: no new requests; deleted in the worker when refs reaches 0. */
   removed: boolean;
   created: number;
+  /** Given at start (--adapter): never unloaded to make room. */
+  pinned: boolean;
+  /** Bytes of its files (counted against maxAdapterBytes). */
+  bytes: number;
+  /** Use counter value of its last admission (or its load): the LRU order. */
+  lastUsed: number;
+  /** The 4-bit base it was trained on, from train_args.json. */
+  quantize?: string;
 }
 
 /** Job parameters (what the worker's decoder needs, minus the id and adapter). */
@@ -205,6 +220,10 @@ export interface SchedulerOptions {
   maxQueue: number;
   /** Per-request timeout from admission, in ms (0 = none). */
   timeoutMs: number;
+  /** Most adapters held at once (0 = no cap). */
+  maxAdapters?: number;
+  /** Most bytes of adapter files held at once (0 = no cap). */
+  maxAdapterBytes?: number;
 }
 
 /** Observed batch shapes, for tests and the bench. */
@@ -226,7 +245,11 @@ export class Scheduler {
   private nextId = 1;
   private nextInternal = 1;
   private readonly adapters = new Map<string, AdapterEntry>();
-  private readonly loading = new Set<string>();
+  /** Loads in progress: name → bytes reserved. */
+  private readonly loading = new Map<string, number>();
+  private useClock = 0;
+  /** performance.now() of the last sign of progress (a step, or work arriving at an idle server). */
+  private progressAt = performance.now();
   /** Removed adapters still referenced by jobs. */
   private readonly draining = new Set<AdapterEntry>();
   readonly stats: BatchStats = { steps: 0, maxSequences: 0, maxAdapters: 0, joinsWhileDecoding: 0, stepMs: 0 };
@@ -236,18 +259,24 @@ export class Scheduler {
       onEvents: (events, stats) => this.onEvents(events, stats),
       onLost: (reason) => this.onLost(reason),
       liveAdapters: () => [...this.adapters.values()].map((a) => ({ internal: a.internal, path: a.path })),
-      onReady: () => this.pump(),
+      onReady: () => {
+        this.progressAt = performance.now();
+        this.pump();
+      },
       onRestart: () => metrics.workerRestarts.inc(),
     });
   }
 
   /** Starts the model thread with the initial adapters. */
-  async start(adapters: Array<{ name: string; path: string }>): Promise<ModelInfo> {
+  async start(adapters: Array<{ name: string; path: string; bytes?: number; quantize?: string }>): Promise<ModelInfo> {
     const named = adapters.map((a) => ({ ...a, internal: `a${this.nextInternal++}` }));
     const r = await this.worker.start(named.map((a) => ({ internal: a.internal, path: a.path })));
     for (const a of named) {
       const info = r.adapters.find((x) => x.internal === a.internal)!.info;
-      this.adapters.set(a.name, { name: a.name, internal: a.internal, path: a.path, info, refs: 0, removed: false, created: Math.floor(Date.now() / 1000) });
+      this.adapters.set(a.name, {
+        name: a.name, internal: a.internal, path: a.path, info, refs: 0, removed: false, created: Math.floor(Date.now() / 1000),
+        pinned: true, bytes: a.bytes ?? 0, lastUsed: this.useClock++, quantize: a.quantize,
+      });
     }
     this.metrics.adaptersLoaded.set(this.adapters.size);
     return r.model;
@@ -269,22 +298,64 @@ export class Scheduler {
     return this.adapters.get(name);
   }
 
-  async loadAdapter(name: string, path: string): Promise<AdapterEntry> {
+  /**
+   * Loads an adapter at run time under `name`, first unloading least recently used idle adapters
+   * while a cap would be exceeded. Throws ApiError 409 (name taken), 413 (larger than the byte cap
+   * alone), 429 (caps reached and every adapter busy or pinned), 503 (model thread down) or 400
+   * (the loader refused the files; the message names no server path).
+   */
+  async loadAdapter(name: string, ref: AdapterRef): Promise<AdapterEntry> {
     if (this.adapters.has(name) || this.loading.has(name))
       throw new ApiError(409, `an adapter named '${name}' is already loaded`, 'name', 'adapter_exists');
     this.unavailable();
     if (!this.worker.ready) throw new ApiError(503, 'the model thread is restarting; retry shortly', null, 'model_restarting');
-    this.loading.add(name);
+    const maxBytes = this.opts.maxAdapterBytes ?? 0;
+    if (maxBytes > 0 && ref.bytes > maxBytes)
+      throw new ApiError(413, `adapter '${name}' has ${ref.bytes} bytes of files, more than the server's limit of ${maxBytes} (--max-adapter-bytes)`, 'path', 'adapter_too_large');
+    this.makeRoom(ref.bytes);
+    this.loading.set(name, ref.bytes);
     try {
       const internal = `a${this.nextInternal++}`;
-      const r = await this.worker.request({ type: 'load', internal, path });
-      if (!r.ok) throw new ApiError(400, `cannot load adapter '${name}': ${r.message}`, 'path', 'invalid_adapter');
-      const entry: AdapterEntry = { name, internal, path, info: r.info!, refs: 0, removed: false, created: Math.floor(Date.now() / 1000) };
+      const r = await this.worker.request({ type: 'load', internal, path: ref.path });
+      if (!r.ok) throw new ApiError(400, `cannot load adapter '${name}': ${r.public ?? 'the model thread is not running'}`, 'path', 'invalid_adapter');
+      const entry: AdapterEntry = {
+        name, internal, path: ref.path, info: r.info!, refs: 0, removed: false, created: Math.floor(Date.now() / 1000),
+        pinned: false, bytes: ref.bytes, lastUsed: this.useClock++, quantize: ref.quantize,
+      };
       this.adapters.set(name, entry);
       this.metrics.adaptersLoaded.set(this.adapters.size);
       return entry;
     } finally {
       this.loading.delete(name);
+    }
+  }
+
+  /** Adapters and bytes held: servable, draining, and loads in progress. */
+  held(): { adapters: number; bytes: number } {
+    let bytes = 0;
+    for (const a of this.adapters.values()) bytes += a.bytes;
+    for (const a of this.draining) bytes += a.bytes;
+    for (const b of this.loading.values()) bytes += b;
+    return { adapters: this.adapters.size + this.draining.size + this.loading.size, bytes };
+  }
+
+  /** Unloads idle run-time adapters, least recently used first, until `bytes` more fit both caps. */
+  private makeRoom(bytes: number): void {
+    const maxA = this.opts.maxAdapters ?? 0;
+    const maxB = this.opts.maxAdapterBytes ?? 0;
+    for (;;) {
+      const h = this.held();
+      const overCount = maxA > 0 && h.adapters + 1 > maxA;
+      const overBytes = maxB > 0 && h.bytes + bytes > maxB;
+      if (!overCount && !overBytes) return;
+      let victim: AdapterEntry | null = null;
+      for (const a of this.adapters.values()) if (!a.pinned && a.refs === 0 && (!victim || a.lastUsed < victim.lastUsed)) victim = a;
+      if (!victim) {
+        const what = overCount ? `${h.adapters} adapters are held (limit ${maxA}, --max-adapters)` : `${h.bytes} bytes of adapters are held (limit ${maxB}, --max-adapter-bytes)`;
+        throw new ApiError(429, `cannot load another adapter: ${what} and none is idle and unloadable; retry later or unload one`, null, 'adapter_capacity');
+      }
+      this.metrics.adapterEvictions.inc();
+      void this.unloadAdapter(victim.name);
     }
   }
 
@@ -342,6 +413,8 @@ export class Scheduler {
     if (this.queue.length + Math.max(0, specs.length - freeSlots) > this.opts.maxQueue)
       throw new ApiError(429, `the server is busy: ${this.queue.length} requests are queued (limit ${this.opts.maxQueue}); retry later`, null, 'queue_full');
     const jobs = specs.map((spec, i): Job => ({ id: String(this.nextId++), spec, adapter, handlers: handlers[i], state: 'queued', timer: null }));
+    if (adapter) adapter.lastUsed = this.useClock++;
+    if (this.jobs.size === 0) this.progressAt = performance.now(); // work arrives at an idle server
     for (const j of jobs) {
       if (adapter) adapter.refs++;
       this.jobs.set(j.id, j);
@@ -402,7 +475,17 @@ export class Scheduler {
     this.metrics.running.set(this.running);
   }
 
+  /**
+   * Milliseconds that queued or running work has waited without the model thread making progress
+   * (0 when there is no work).
+   */
+  stalledMs(now = performance.now()): number {
+    if (this.jobs.size === 0) return 0;
+    return Math.max(0, now - this.progressAt);
+  }
+
   private onEvents(events: WorkerEvent[], stats: StepStats | null): void {
+    this.progressAt = performance.now();
     if (stats) {
       this.stats.steps++;
       this.stats.stepMs += stats.ms;

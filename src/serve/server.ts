@@ -10,10 +10,21 @@
  *   then `data: [DONE]\n\n`) or not; the `model` field is the base model's id (e.g. "stories260K")
  *   or a loaded adapter's name (vLLM's multi-LoRA convention).
  * - GET /v1/models (base + every loaded adapter), GET /v1/models/{id}.
- * - POST /v1/adapters {name, path} loads an adapter directory; DELETE /v1/adapters/{name} unloads
- *   it (requests already admitted finish on it; new ones get 404); GET /v1/adapters lists them.
- * - GET /health (200 {"status": "ok"} while the model thread runs, else 503), GET /metrics
- *   (Prometheus text format).
+ * - POST /v1/adapters {name, path?} loads an adapter directory from the server's adapter
+ *   directory (`adapterDir`, --adapter-dir; `path` is relative to it and defaults to `name`;
+ *   refused with 403 when no adapter directory is configured — see adapter-source.ts for the
+ *   confinement rules); DELETE /v1/adapters/{name} unloads it (requests already admitted finish
+ *   on it; new ones get 404); GET /v1/adapters lists them. Caps: `maxAdapters` and
+ *   `maxAdapterBytes`, with least-recently-used idle run-time adapters unloaded to make room
+ *   (scheduler.ts).
+ * - GET /health (200 {"status": "ok"} while the model thread runs and makes progress; 503 when it
+ *   is down, or when queued or running work has seen no decoding step for `healthStallMs`),
+ *   GET /metrics (Prometheus text format).
+ *
+ * Access: with `apiKey` every endpoint but /health and /metrics needs `Authorization: Bearer KEY`
+ * (401 otherwise; auth.ts). A host other than loopback is refused without a key unless `insecure`.
+ * No answer carries a server file-system path: /v1/models and /v1/adapters give ids only, and
+ * error messages are scrubbed of the model and adapter directories.
  *
  * Chat: messages are rendered with the tokenizer's chat template (tokenizer_config.json
  * `chat_template` or chat_template.jinja) with add_generation_prompt, and tokenized without adding
@@ -28,13 +39,16 @@
  */
 import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { basename, resolve } from 'node:path';
+import { statSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
 import type { ServerResponse } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { PeftError } from '../errors.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { compileChatTemplate, templateSpecialTokens, type ChatTemplate } from '../train/data/chat.js';
+import { adapterDirSource, scrubPaths, trainedQuantize, type AdapterSource } from './adapter-source.js';
+import { bearerChecker, isLoopbackHost, needsKey } from './auth.js';
 import { ServeMetrics } from './metrics.js';
 import {
   ApiError, chatChunk, chatResponse, completionChunk, completionResponse, errorBody, parseChatRequest, parseCompletionRequest,
@@ -80,6 +94,20 @@ export interface ServeOptions {
   defaultMetrics?: boolean;
   /** For tests: sleep between decoding steps in the model thread. */
   stepDelayMs?: number;
+  /** Key every request but /health and /metrics must send as `Authorization: Bearer KEY`. */
+  apiKey?: string;
+  /** Allow a non-loopback host without an API key. */
+  insecure?: boolean;
+  /** Directory POST /v1/adapters may load from (absent: run-time loading is off). */
+  adapterDir?: string;
+  /** Another source of run-time adapters (takes the place of adapterDir; e.g. a registry). */
+  adapterSource?: AdapterSource;
+  /** Most adapters held at once, start-up ones included (0 = no cap). Default 32. */
+  maxAdapters?: number;
+  /** Most bytes of adapter files held at once (0 = no cap). Default 4 GiB. */
+  maxAdapterBytes?: number;
+  /** /health answers 503 when work has waited this long (ms) without a decoding step (0 = never). Default 60 000. */
+  healthStallMs?: number;
 }
 
 export interface RunningServer {
@@ -89,6 +117,8 @@ export interface RunningServer {
   scheduler: Scheduler;
   metrics: ServeMetrics;
   modelId: string;
+  /** The base's 4-bit type (from quantize, else the start-up adapters' train_args.json), if any. */
+  quantize?: string;
   close(): Promise<void>;
 }
 
@@ -97,7 +127,7 @@ const ADAPTER_NAME = /^[A-Za-z0-9_.-]{1,128}$/;
 const MAX_CHARS_PER_POSITION = 64;
 
 interface Ctx {
-  opts: Required<Pick<ServeOptions, 'maxBatch' | 'maxQueue' | 'requestTimeoutMs' | 'bodyLimit'>> & ServeOptions;
+  opts: Required<Pick<ServeOptions, 'maxBatch' | 'maxQueue' | 'requestTimeoutMs' | 'bodyLimit' | 'healthStallMs'>> & ServeOptions;
   modelId: string;
   modelDir: string;
   created: number;
@@ -106,13 +136,26 @@ interface Ctx {
   info: ModelInfo;
   scheduler: Scheduler;
   metrics: ServeMetrics;
+  /** Run-time adapter source (null: POST /v1/adapters is off). */
+  source: AdapterSource | null;
+  /** The base's 4-bit type, if any. */
+  quantize?: string;
+  /** Directories scrubbed from error messages. */
+  roots: string[];
 }
 
 /** Loads the model (in its thread), builds the app and listens. */
 export async function startServer(options: ServeOptions = {}): Promise<RunningServer> {
   const opts = {
-    maxBatch: 32, maxQueue: 256, requestTimeoutMs: 300_000, bodyLimit: 2 * 1024 * 1024, ...options,
+    maxBatch: 32, maxQueue: 256, requestTimeoutMs: 300_000, bodyLimit: 2 * 1024 * 1024, maxAdapters: 32, maxAdapterBytes: 4 * 1024 ** 3, healthStallMs: 60_000, ...options,
   };
+  const host = opts.host ?? '127.0.0.1';
+  if (opts.apiKey !== undefined && opts.apiKey.length === 0) throw new PeftError('the API key is empty', { field: '--api-key / PEFT_API_KEY' });
+  if (!opts.apiKey && !opts.insecure && !isLoopbackHost(host))
+    throw new PeftError(`refusing to listen on ${host} without an API key: anyone who can reach it could generate and load adapters`, {
+      field: '--host', expected: 'a loopback address (127.0.0.1, ::1, localhost), or --api-key KEY / PEFT_API_KEY, or --insecure to accept the exposure',
+    });
+  const source = opts.adapterSource ?? (opts.adapterDir !== undefined ? adapterDirSource(opts.adapterDir) : null);
   const modelDir = resolve(opts.model ?? DEFAULT_MODEL);
   const modelId = opts.modelId ?? basename(modelDir);
   for (const a of opts.adapters ?? []) {
@@ -122,22 +165,44 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   const names = (opts.adapters ?? []).map((a) => a.name);
   const dup = names.find((n, i) => names.indexOf(n) !== i);
   if (dup) throw new PeftError('adapter name given twice', { field: '--adapter', found: JSON.stringify(dup) });
+  const startup = (opts.adapters ?? []).map((a) => {
+    const path = resolve(a.path);
+    return { name: a.name, path, bytes: adapterBytes(path), quantize: trainedQuantize(path) };
+  });
+  if (opts.maxAdapters > 0 && startup.length > opts.maxAdapters)
+    throw new PeftError('more adapters given than the adapter cap', { field: '--max-adapters', expected: `at most ${opts.maxAdapters}`, found: String(startup.length) });
+  const startBytes = startup.reduce((n, a) => n + a.bytes, 0);
+  if (opts.maxAdapterBytes > 0 && startBytes > opts.maxAdapterBytes)
+    throw new PeftError("the adapters' files are larger than the adapter byte cap", { field: '--max-adapter-bytes', expected: `at most ${opts.maxAdapterBytes}`, found: String(startBytes) });
+  // a QLoRA adapter runs on the 4-bit base it was trained on (as peft eval/generate), unless --quantize says otherwise
+  let quantize = opts.quantize === 'none' ? undefined : opts.quantize;
+  if (opts.quantize === undefined) {
+    const kinds = [...new Set(startup.map((a) => a.quantize).filter((q) => q !== undefined))];
+    if (kinds.length > 1) {
+      const by = (q: string): string => startup.filter((a) => a.quantize === q).map((a) => a.name).join(', ');
+      throw new PeftError('adapters were trained on different 4-bit bases; serve them from separate servers or choose one with --quantize', {
+        field: '--adapter', found: kinds.map((q) => `${q}: ${by(q)}`).join('; '),
+      });
+    }
+    quantize = kinds[0];
+  }
   const tok = loadTokenizer(modelDir);
   const isDefault = tok.chatTemplate === null;
   const chat = { tpl: compileChatTemplate(tok.chatTemplate ?? DEFAULT_CHAT_TEMPLATE), isDefault, special: templateSpecialTokens(tok) };
   const metrics = new ServeMetrics({ defaultMetrics: opts.defaultMetrics });
   const scheduler = new Scheduler(
-    { modelDir, quantize: opts.quantize, maxPrefillTokens: opts.maxPrefillTokens, stepDelayMs: opts.stepDelayMs, numThreads: defaultThreads(opts.threads) },
-    { maxRunning: opts.maxBatch, maxQueue: opts.maxQueue, timeoutMs: opts.requestTimeoutMs },
+    { modelDir, quantize, maxPrefillTokens: opts.maxPrefillTokens, stepDelayMs: opts.stepDelayMs, numThreads: defaultThreads(opts.threads) },
+    { maxRunning: opts.maxBatch, maxQueue: opts.maxQueue, timeoutMs: opts.requestTimeoutMs, maxAdapters: opts.maxAdapters, maxAdapterBytes: opts.maxAdapterBytes },
     metrics,
   );
   let info: ModelInfo;
   try {
-    info = await scheduler.start((opts.adapters ?? []).map((a) => ({ name: a.name, path: resolve(a.path) })));
+    info = await scheduler.start(startup);
   } catch (e) {
     throw new PeftError(`cannot start the model: ${(e as Error).message}`);
   }
-  const ctx: Ctx = { opts, modelId, modelDir, created: Math.floor(Date.now() / 1000), tok, chat, info, scheduler, metrics };
+  const roots = [modelDir, ...(source?.roots ?? []), ...startup.map((a) => a.path)];
+  const ctx: Ctx = { opts, modelId, modelDir, created: Math.floor(Date.now() / 1000), tok, chat, info, scheduler, metrics, source, quantize, roots };
   const app = buildApp(ctx);
   try {
     await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8000 });
@@ -148,7 +213,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   const addr = app.server.address();
   const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : String(addr);
   return {
-    app, url, scheduler, metrics, modelId,
+    app, url, scheduler, metrics, modelId, quantize,
     close: async () => {
       await app.close();
       await scheduler.close();
@@ -157,16 +222,48 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
 }
 
 function buildApp(ctx: Ctx): FastifyInstance {
-  const app = Fastify({ bodyLimit: ctx.opts.bodyLimit, logger: false, forceCloseConnections: true, return503OnClosing: true });
-  // any content type is read as JSON (curl -d sends form encoding by default)
-  app.removeContentTypeParser('text/plain');
-  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
-    try {
-      done(null, JSON.parse(body as string));
-    } catch (e) {
-      done(new ApiError(400, `invalid JSON in request body: ${(e as Error).message}`, null, 'invalid_json'), undefined);
-    }
+  const app = Fastify({
+    bodyLimit: ctx.opts.bodyLimit, logger: false, forceCloseConnections: true, return503OnClosing: true,
+    // the router's own errors (a malformed %-escape, an over-long URL parameter) in the OpenAI shape
+    frameworkErrors: (err, _req, reply) => {
+      const long = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
+      const e = new ApiError(long ? 414 : 400, long ? 'a URL component is too long' : 'the URL is malformed', null, long ? 'url_too_long' : 'invalid_url');
+      void (reply as unknown as FastifyReply).code(e.status).send(errorBody(e));
+    },
   });
+  // any content type is read as JSON (curl -d sends form encoding by default); an empty body is
+  // no body (DELETE with a JSON content type); `__proto__` / `constructor.prototype` keys are refused
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
+    const text = body as string;
+    if (text.trim() === '') {
+      done(null, undefined);
+      return;
+    }
+    let v: unknown;
+    try {
+      v = JSON.parse(text);
+    } catch (e) {
+      const m = e instanceof RangeError ? 'nested too deeply' : (e as Error).message;
+      done(new ApiError(400, `invalid JSON in request body: ${m}`, null, 'invalid_json'), undefined);
+      return;
+    }
+    if (/"(?:__proto__|constructor)"\s*:/.test(text) && hasPrototypeKey(v)) {
+      done(new ApiError(400, 'request body has a forbidden key (__proto__ or constructor.prototype)', null, 'invalid_json'), undefined);
+      return;
+    }
+    done(null, v);
+  });
+
+  // the API key, before the body is read
+  if (ctx.opts.apiKey) {
+    const ok = bearerChecker(ctx.opts.apiKey);
+    app.addHook('onRequest', async (req, reply) => {
+      if (!needsKey(req.method, req.url) || ok(req.headers.authorization)) return;
+      const e = new ApiError(401, 'invalid or missing API key: send the header "Authorization: Bearer KEY"', null, 'invalid_api_key');
+      return reply.code(401).header('www-authenticate', 'Bearer').send(errorBody(e));
+    });
+  }
 
   app.addHook('onRequest', (req, reply, done) => {
     const res = reply.raw;
@@ -181,7 +278,9 @@ function buildApp(ctx: Ctx): FastifyInstance {
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
     const e = toApiError(err, ctx.opts.bodyLimit);
     if (e.status === 429) reply.header('retry-after', '1');
-    void reply.code(e.status).send(errorBody(e));
+    const body = errorBody(e);
+    body.error.message = scrubPaths(body.error.message, ctx.roots);
+    void reply.code(e.status).send(body);
   });
   app.setNotFoundHandler((req, reply) => {
     const e = new ApiError(404, `Invalid URL (${req.method} ${req.url.split('?')[0]})`, null, 'unknown_url');
@@ -191,7 +290,14 @@ function buildApp(ctx: Ctx): FastifyInstance {
   app.get('/health', async (_req, reply) => {
     const s = ctx.scheduler;
     const up = s.worker.ready;
-    return reply.code(up ? 200 : 503).send({ status: up ? 'ok' : 'unavailable', running: s.runningCount, queued: s.queueDepth });
+    const stalledMs = s.stalledMs();
+    const stalled = up && ctx.opts.healthStallMs > 0 && stalledMs > ctx.opts.healthStallMs;
+    const status = !up ? 'unavailable' : stalled ? 'stalled' : 'ok';
+    return reply.code(status === 'ok' ? 200 : 503).send({
+      status, running: s.runningCount, queued: s.queueDepth,
+      // seconds queued/running work has waited for a decoding step
+      ...(stalled ? { stalled_s: Math.round(stalledMs / 100) / 10 } : {}),
+    });
   });
 
   app.get('/metrics', async (_req, reply) => {
@@ -200,9 +306,10 @@ function buildApp(ctx: Ctx): FastifyInstance {
   });
 
   const modelCard = (a: AdapterEntry | null): Record<string, unknown> => a
-    ? { id: a.name, object: 'model', created: a.created, owned_by: 'peft-ts', root: a.path, parent: ctx.modelId, max_model_len: ctx.info.maxPositionEmbeddings, peft_type: a.info.peftType }
+    ? { id: a.name, object: 'model', created: a.created, owned_by: 'peft-ts', root: a.name, parent: ctx.modelId, max_model_len: ctx.info.maxPositionEmbeddings, peft_type: a.info.peftType }
     : {
-      id: ctx.modelId, object: 'model', created: ctx.created, owned_by: 'peft-ts', root: ctx.modelDir, parent: null, max_model_len: ctx.info.maxPositionEmbeddings,
+      // root: the id, never the server's directory
+      id: ctx.modelId, object: 'model', created: ctx.created, owned_by: 'peft-ts', root: ctx.modelId, parent: null, max_model_len: ctx.info.maxPositionEmbeddings,
       // which template /v1/chat/completions renders with: the tokenizer's, or the ChatML-style default
       chat_template: ctx.chat.isDefault ? 'default-chatml' : 'tokenizer',
     };
@@ -218,18 +325,22 @@ function buildApp(ctx: Ctx): FastifyInstance {
 
   app.get('/v1/adapters', async () => ({
     object: 'list',
-    data: ctx.scheduler.listAdapters().map((a) => ({ object: 'adapter', id: a.name, path: a.path, peft_type: a.info.peftType, created: a.created, in_flight: a.refs })),
+    data: ctx.scheduler.listAdapters().map((a) => ({
+      object: 'adapter', id: a.name, peft_type: a.info.peftType, created: a.created, in_flight: a.refs, pinned: a.pinned, bytes: a.bytes,
+    })),
   }));
   app.post('/v1/adapters', async (req) => {
     const body = req.body;
+    if (!ctx.source) throw new ApiError(403, 'loading adapters at run time is off on this server (start it with --adapter-dir DIR)', null, 'adapter_loading_disabled');
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ApiError(400, 'request body must be a JSON object {"name", "path"}', null, 'invalid_type');
     const { name, path } = body as Record<string, unknown>;
     if (typeof name !== 'string') throw new ApiError(400, "'name' must be a string", 'name', name === undefined ? 'missing_required_parameter' : 'invalid_type');
     if (!ADAPTER_NAME.test(name)) throw new ApiError(400, "'name' must be 1-128 letters, digits, '_', '.' or '-'", 'name', 'invalid_value');
     if (name === ctx.modelId) throw new ApiError(409, `'${name}' is the base model's id`, 'name', 'adapter_exists');
-    if (typeof path !== 'string' || path.length === 0) throw new ApiError(400, "'path' must be a non-empty string (an adapter directory on the server)", 'path', path === undefined ? 'missing_required_parameter' : 'invalid_type');
-    const a = await ctx.scheduler.loadAdapter(name, resolve(path));
-    return { object: 'adapter', id: a.name, path: a.path, peft_type: a.info.peftType, created: a.created };
+    if (path !== undefined && path !== null && (typeof path !== 'string' || path.length === 0))
+      throw new ApiError(400, "'path' must be a non-empty string (an adapter directory inside the server's adapter directory)", 'path', 'invalid_type');
+    const a = await loadAdapterByName(ctx, name, typeof path === 'string' ? path : name);
+    return { object: 'adapter', id: a.name, peft_type: a.info.peftType, created: a.created };
   });
   app.delete('/v1/adapters/:name', async (req) => {
     const name = (req.params as { name: string }).name;
@@ -240,6 +351,49 @@ function buildApp(ctx: Ctx): FastifyInstance {
   app.post('/v1/completions', (req, reply) => generation(ctx, 'completion', req, reply));
   app.post('/v1/chat/completions', (req, reply) => generation(ctx, 'chat', req, reply));
   return app;
+}
+
+/**
+ * The one way an adapter is loaded at run time: the source resolves the client's reference
+ * (confined, sized, its trained base read), the base is checked, and the scheduler loads it under
+ * `name` within the caps. A registry-backed server swaps the source, not this function.
+ */
+export async function loadAdapterByName(ctx: Pick<Ctx, 'source' | 'scheduler' | 'quantize'>, name: string, ref: string): Promise<AdapterEntry> {
+  if (!ctx.source) throw new ApiError(403, 'loading adapters at run time is off on this server', null, 'adapter_loading_disabled');
+  const r = ctx.source.resolve(ref);
+  if (r.quantize !== undefined && r.quantize !== ctx.quantize)
+    throw new ApiError(400, `adapter '${name}' was trained on a ${r.quantize} 4-bit base (its train_args.json) but this server's base is ${ctx.quantize ?? 'not quantized'}; ` +
+      `serve it from a server started with --quantize ${r.quantize}`, 'path', 'adapter_base_mismatch');
+  return ctx.scheduler.loadAdapter(name, r);
+}
+
+/** Bytes of an adapter directory's config and weights (0 for files that are missing; the loader reports those). */
+function adapterBytes(dir: string): number {
+  let n = 0;
+  for (const f of ['adapter_config.json', 'adapter_model.safetensors']) {
+    try {
+      n += statSync(join(dir, f)).size;
+    } catch { /* missing: the loader names it */ }
+  }
+  return n;
+}
+
+/** Whether a parsed JSON value holds an own `__proto__` key or a `constructor` object with `prototype` (iterative: any depth). */
+function hasPrototypeKey(v: unknown): boolean {
+  const stack: unknown[] = [v];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (typeof x !== 'object' || x === null) continue;
+    if (Array.isArray(x)) {
+      for (const y of x) stack.push(y);
+      continue;
+    }
+    if (Object.prototype.hasOwnProperty.call(x, '__proto__')) return true;
+    const c = (x as Record<string, unknown>).constructor;
+    if (Object.prototype.hasOwnProperty.call(x, 'constructor') && typeof c === 'object' && c !== null && Object.prototype.hasOwnProperty.call(c, 'prototype')) return true;
+    for (const y of Object.values(x)) stack.push(y);
+  }
+  return false;
 }
 
 function defaultThreads(threads: number | undefined): number | undefined {

@@ -23,6 +23,7 @@ import { openModel } from '../cli/model.js';
 import { sequenceSetup } from '../peft/attach.js';
 import { loadAdapter } from '../peft/format.js';
 import { PeftModel } from '../peft/peft-model.js';
+import { publicAdapterError } from './adapter-source.js';
 
 export interface WorkerInit {
   peftServe: true;
@@ -67,7 +68,8 @@ export type FromWorker =
   | { type: 'fatal'; message: string }
   | { type: 'events'; events: WorkerEvent[]; stats: StepStats | null }
   | { type: 'reply'; reqId: number; ok: true; info?: AdapterInfo }
-  | { type: 'reply'; reqId: number; ok: false; message: string };
+  /** `public`: the failure as a client may read it (no server paths or file contents; see adapter-source.ts). */
+  | { type: 'reply'; reqId: number; ok: false; message: string; public?: string };
 
 function runWorker(init: WorkerInit): void {
   const port = parentPort!;
@@ -147,7 +149,7 @@ function runWorker(init: WorkerInit): void {
           loadAdapter(peft, m.path, m.internal, false);
           post({ type: 'reply', reqId: m.reqId, ok: true, info: adapterInfo(m.internal) });
         } catch (e) {
-          post({ type: 'reply', reqId: m.reqId, ok: false, message: (e as Error).message });
+          post({ type: 'reply', reqId: m.reqId, ok: false, message: (e as Error).message, public: publicAdapterError(e, m.path) });
         }
         break;
       case 'unload':

@@ -13,7 +13,7 @@ import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { decoderLinears, type CausalLM } from '../models/model.js';
 import { loadModel } from '../models/load.js';
 import { DEFAULT_MODEL } from '../paths.js';
-import { createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
+import { createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, loadAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
 import type { AdapterMethod, NamedTensor } from '../peft/types.js';
 import { loadModelQuantized, quantizationReport, type QuantizationReport } from '../quant/quantize-model.js';
 import { isBnb4bitCheckpoint, loadBnbCheckpoint } from '../quant/bnb-checkpoint.js';
@@ -25,6 +25,8 @@ import { batchLoss, fullFineTuneParameters } from './methods.js';
 import { readTrainerState, resolveCheckpoint } from './checkpoint.js';
 import { buildProvenance, writeProvenance, type RunMetrics } from '../lifecycle/provenance.js';
 import { train, TRAIN_DEFAULTS, type StepMetrics, type TrainOptions, type TrainResult } from './trainer.js';
+import type { Objective } from './preference/losses.js';
+import { runPreferenceTraining, type PreferenceRunResult } from './preference/run.js';
 
 export type MethodName = 'lora' | 'qlora' | 'full' | 'adapter' | 'prefix' | 'prompt' | 'ia3';
 export const METHODS: MethodName[] = ['lora', 'qlora', 'full', 'adapter', 'prefix', 'prompt', 'ia3'];
@@ -78,6 +80,23 @@ export interface TrainRunOptions extends Partial<TrainOptions> {
   chatTemplate?: string;
   /** Where the adapter, logs and checkpoints go. */
   output?: string;
+  /** An existing adapter directory to continue training (instead of a new adapter); its method replaces --method's adapter settings. */
+  adapter?: string;
+  /** Training objective: next-token SFT (default) or a preference objective (train/preference). */
+  objective?: 'sft' | Objective;
+  /** Preference objectives: β (see train/preference/losses.ts). Default 0.1, SimPO 2.0. */
+  beta?: number;
+  /** DPO / SimPO label smoothing (conservative DPO). */
+  labelSmoothing?: number;
+  /** SimPO target margin γ (default 0.5). */
+  simpoGamma?: number;
+  /** SimPO: weight of the NLL term on chosen completions (CPO's alpha; default 0). */
+  cpoAlpha?: number;
+  /** KTO weights of desirable / undesirable examples (default 1). */
+  desirableWeight?: number;
+  undesirableWeight?: number;
+  /** DPO/IPO/KTO: compute the reference log-probabilities once before training and cache them (always for --method full). */
+  precomputeRefLogps?: boolean;
   /** Cap on validation examples scored at each evaluation (0 = all). */
   maxEvalExamples?: number;
 }
@@ -107,6 +126,8 @@ export interface TrainRunResult {
   forgetting?: { before: EvalResult; after: EvalResult };
   /** The base model's (adapters disabled) validation result before training. */
   newDomainBase?: EvalResult;
+  /** Preference objectives: held-out metrics before and after training, and the reference used. */
+  preference?: PreferenceRunResult;
 }
 
 /** A model, tokenizer and (for PEFT methods) the PeftModel with one new trainable adapter named `default`. */
@@ -117,6 +138,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   const tokenizer = loadTokenizer(dir);
   const baseName = o.model ?? basename(DEFAULT_MODEL);
   if (method === 'full') {
+    if (o.adapter) throw new PeftError('--adapter continues training an adapter; it cannot be combined with --method full', { field: '--adapter', expected: 'a PEFT method (lora, qlora, ia3, …)', found: 'full' });
     const model = loadModel(dir, { dtype: 'float32' });
     const params = fullFineTuneParameters(model);
     const n = params.reduce((s, p) => s + p.tensor.size, 0);
@@ -129,6 +151,13 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   const seed = o.seed ?? 0;
   const common = { base_model_name_or_path: baseName };
   let adapter: AdapterMethod;
+  if (o.adapter) {
+    // continue training an existing adapter (its own config; --method chooses the base: qlora = 4-bit)
+    loadAdapter(peft, o.adapter, 'default');
+    const params = peft.trainable('default');
+    const quant = linearModulesQuantized(model) ? quantizationReport(model) : undefined;
+    return { model, tokenizer, peft, params, summary: peft.trainableSummary('default'), quant };
+  }
   switch (method) {
     case 'lora':
     case 'qlora':
@@ -187,10 +216,11 @@ function rss(): number {
 
 /** Runs training end to end (see module doc). */
 export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): Promise<TrainRunResult> {
-  const t0 = performance.now();
-  let peakRss = rss();
   // every output is checked before anything is loaded, so a bad path fails in a second, not after training
   checkOutputsWritable(o);
+  if (o.objective && o.objective !== 'sft') return runPreferenceTraining(o, events);
+  const t0 = performance.now();
+  let peakRss = rss();
   const setup = setupMethod(o);
   const { model, tokenizer, peft, params } = setup;
   const maxSeqLength = o.maxSeqLength ?? 256;

@@ -71,6 +71,8 @@ export interface StepMetrics {
   tokens: number;
   tokensPerSecond: number;
   elapsed: number;
+  /** Objective-specific metrics of the step (e.g. preference tuning's `rewards/*`), from `TrainHooks.stepMetrics`. */
+  extra?: Record<string, number>;
 }
 
 export interface TrainHooks<B> {
@@ -82,6 +84,8 @@ export interface TrainHooks<B> {
   /** Writes method-specific files (e.g. the adapter) into a checkpoint directory. */
   saveExtra?: (dir: string) => void;
   onStep?: (m: StepMetrics) => void;
+  /** Called once per optimizer step after its micro-batches: metrics to attach to the step (`StepMetrics.extra`). */
+  stepMetrics?: () => Record<string, number> | undefined;
   onEval?: (step: number, loss: number) => void;
   onCheckpoint?: (dir: string) => void;
   /** Something the user should know about the run's state (a checkpoint skipped, a setting changed on resume). */
@@ -183,6 +187,8 @@ export function train<B>(h: TrainHooks<B>, options: Partial<TrainOptions>): Trai
     state.tokensSeen += tokens;
     const elapsed = (performance.now() - t0) / 1000;
     const m: StepMetrics = { step: state.step, loss, lr, gradNorm, tokens, tokensPerSecond: 0, elapsed };
+    const extra = h.stepMetrics?.();
+    if (extra) m.extra = extra;
     steps.push(m);
     m.tokensPerSecond = steps.reduce((s, x) => s + x.tokens, 0) / Math.max(elapsed, 1e-9);
     state.history.push({ step: state.step, loss });

@@ -16,7 +16,7 @@ import { KVCache } from '../../src/generate/kv-cache.js';
 import { loadModel } from '../../src/models/load.js';
 import { defaultContext, forwardCached, forwardHidden, lmLogits, lmLoss, namedParameters, type CausalLM } from '../../src/models/model.js';
 import { saveModelDir } from '../../src/models/save.js';
-import { loadAdapter, PeftModel } from '../../src/peft/index.js';
+import { loadAdapter, LoraAdapter, PeftModel } from '../../src/peft/index.js';
 import { backward, noGrad, withArena } from '../../src/tensor/index.js';
 import { FIXTURES, maxAbsDiff, maxRelDiff, readJson, readTensors } from '../helpers.js';
 
@@ -161,7 +161,7 @@ for (const name of NAMES) {
     it('LoRA merged into the weights and saved as an HF directory reloads with the adapted logits', () => {
       const m = loadModel(dir);
       const peft = new PeftModel(m);
-      const a = loadAdapter(peft, join(dir, 'peft-lora'), 'a') as { merge(): void };
+      const a = loadAdapter(peft, join(dir, 'peft-lora'), 'a') as LoraAdapter;
       a.merge();
       peft.deleteAdapter('a');
       const out = mkdtempSync(join(tmpdir(), `peft-arch-${name}-`));

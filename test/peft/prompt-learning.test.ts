@@ -35,6 +35,9 @@ interface Fixture {
 }
 const fixture = (name: string): Fixture => readJson<Fixture>(join(fxDir(name), 'fixture.json'));
 
+/** The positions HF PEFT uses when none are passed: arange(T) for every row, pads counted. */
+const peftPositions = (rows: number[][]): number[][] => rows.map((r) => r.map((_, t) => t));
+
 function batchOf(rows: number[][], mask?: number[][], positions?: number[][]): Batch {
   const b: Batch = { ids: Int32Array.from(rows.flat()), B: rows.length, T: rows[0].length };
   if (mask) b.keyMask = Uint8Array.from(mask.flat());
@@ -136,10 +139,10 @@ describe('prefix tuning matches HF PEFT (tiny GQA Llama, head_dim 16, 2 kv heads
         expect(maxAbsDiff(logitsOf(model, batchOf(fx.input_ids)), ref.data)).toBeLessThan(1e-4);
       });
 
-      it('left-padded batch: every position within 1e-4 (prefix always visible, pad queries see only it)', () => {
+      it("left-padded batch with PEFT's positions (arange, pads counted): every position within 1e-4 (prefix always visible, pad queries see only it)", () => {
         const ref = readTensors(join(fxDir(name), 'logits_padded.safetensors')).get('logits')!;
         const p = fx.padded!;
-        expect(maxAbsDiff(logitsOf(model, batchOf(p.input_ids, p.attention_mask)), ref.data)).toBeLessThan(1e-4);
+        expect(maxAbsDiff(logitsOf(model, batchOf(p.input_ids, p.attention_mask, peftPositions(p.input_ids))), ref.data)).toBeLessThan(1e-4);
       });
 
       it('loss within 1e-5; gradient of the flat prefix within 1e-4', () => {
@@ -280,15 +283,15 @@ describe('prompt tuning matches HF PEFT', () => {
     });
   }
 
-  it("prompt-random, left-padded: every position within 1e-4 (virtual tokens first, before the padding), and PEFT's padded loss", () => {
+  it("prompt-random, left-padded with PEFT's positions: every position within 1e-4 (virtual tokens first, before the padding), and PEFT's padded loss", () => {
     const fx = fixture('prompt-random');
     const model = loadModel(GQA);
     const peft = new PeftModel(model);
     loadAdapter(peft, fxDir('prompt-random'), 'p');
     const p = fx.padded!;
     const ref = readTensors(join(fxDir('prompt-random'), 'logits_padded.safetensors')).get('logits')!;
-    expect(maxAbsDiff(logitsOf(model, batchOf(p.input_ids, p.attention_mask)), ref.data)).toBeLessThan(1e-4);
-    const { loss } = lossAndGrads(peft, 'p', batchOf(p.input_ids, p.attention_mask), p.labels);
+    expect(maxAbsDiff(logitsOf(model, batchOf(p.input_ids, p.attention_mask, peftPositions(p.input_ids))), ref.data)).toBeLessThan(1e-4);
+    const { loss } = lossAndGrads(peft, 'p', batchOf(p.input_ids, p.attention_mask, peftPositions(p.input_ids)), p.labels);
     expect(Math.abs(loss - p.loss)).toBeLessThan(1e-5);
   });
 
@@ -343,7 +346,7 @@ describe('prompt learning: generation and padding', () => {
     });
   });
 
-  it('padded batch vs alone: PEFT positions (none passed) differ for prompt tuning; cumsum positions make padding invisible', () => {
+  it('padded batch vs alone: PEFT positions (arange) differ for prefix/prompt tuning; a mask alone derives cumsum positions, making padding invisible', () => {
     const p = fx.padded!;
     const pos = p.attention_mask.map((m) => { let c = -1; return m.map((x) => (x ? ++c : 0)); });
     const V = model.config.vocabSize, T = 11, pad = 3, n = T - pad;
@@ -353,13 +356,15 @@ describe('prompt learning: generation and padding', () => {
       const P = name === 'prompt' ? 6 : 0; // prompt tuning returns the virtual rows too
       const alone = logitsOf(model, batchOf([real])).subarray(P * V);
       const rowReal = (l: Float32Array): Float32Array => l.subarray(((P + T) + P + pad) * V, ((P + T) + P + T) * V);
-      const hf = rowReal(logitsOf(model, batchOf(p.input_ids, p.attention_mask)));
+      const hf = rowReal(logitsOf(model, batchOf(p.input_ids, p.attention_mask, peftPositions(p.input_ids))));
       const cumsum = rowReal(logitsOf(model, batchOf(p.input_ids, p.attention_mask, pos)));
+      const maskOnly = rowReal(logitsOf(model, batchOf(p.input_ids, p.attention_mask)));
       expect(hf.length).toBe(n * V);
-      // without position ids the real tokens sit 3 positions later than alone; the prefix/prompt
+      // with PEFT's positions the real tokens sit 3 positions later than alone; the prefix/prompt
       // keys are unrotated/fixed, so the logits move (the fixture README reports up to 3.5–5.2)
       expect(maxAbsDiff(hf, alone), name).toBeGreaterThan(1e-2);
       expect(maxAbsDiff(cumsum, alone), name).toBeLessThan(1e-4);
+      expect(maxAbsDiff(maskOnly, cumsum), name).toBe(0);
     }
   });
   it('packed rows (segment ids, positions restarting at 0): every example sees the virtual tokens and equals itself alone', () => {

@@ -22,7 +22,7 @@ beforeAll(async () => {
   const adapters = ['A', 'B', 'C'].map((name, i) => ({ name, path: newAdapter(name, 21 + i) }));
   newAdapter('D', 31);
   newAdapter('A2', 41);
-  server = await startServer({ port: 0, adapters, defaultMetrics: false });
+  server = await startServer({ port: 0, adapters, defaultMetrics: false, adapterDir: dir });
   url = server.url;
 });
 
@@ -50,10 +50,10 @@ describe('adapters at run time', () => {
     const models = await (await fetch(`${url}/v1/models`)).json() as Json;
     expect(models.data.map((m: Json) => m.id)).not.toContain('A');
     // load a new adapter, and a new one under the old name, while A's sequences still drain
-    const loadD = await post('/v1/adapters', { name: 'D', path: join(dir, 'D') });
+    const loadD = await post('/v1/adapters', { name: 'D' });
     expect(loadD.status).toBe(200);
     expect(loadD.body).toMatchObject({ id: 'D', peft_type: 'LORA' });
-    const reA = await post('/v1/adapters', { name: 'A', path: join(dir, 'A2') });
+    const reA = await post('/v1/adapters', { name: 'A', path: 'A2' });
     expect(reA.status).toBe(200);
     const useD = await post('/v1/completions', { model: 'D', prompt: 'Once upon a time', max_tokens: 10, temperature: 0, ignore_eos: true });
     expect(useD.status).toBe(200);

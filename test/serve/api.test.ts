@@ -56,7 +56,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'peft-serve-api-'));
   const model = loadModel(STORIES);
   saveAdapter(new LoraAdapter(model, parseLoraConfig({ r: 4, lora_alpha: 8, target_modules: 'all-linear', init_lora_weights: false }), 3), join(dir, 'tales'));
-  server = await startServer({ port: 0, adapters: [{ name: 'tales', path: join(dir, 'tales') }], bodyLimit: 64 * 1024 });
+  server = await startServer({ port: 0, adapters: [{ name: 'tales', path: join(dir, 'tales') }], bodyLimit: 64 * 1024, adapterDir: dir });
   url = server.url;
 });
 
@@ -294,11 +294,12 @@ describe('errors', () => {
   it('unknown URL: 404 OpenAI-style; adapter API errors', async () => {
     expectError(await post('/v1/nothing', {}), 404, null, 'unknown_url');
     expectError({ status: (await fetch(`${url}/v2/models`)).status, body: await (await fetch(`${url}/v2/models`)).json() as Json }, 404);
-    expectError(await post('/v1/adapters', { name: 'x' }), 400, 'path');
-    expectError(await post('/v1/adapters', { name: 'bad name!', path: dir }), 400, 'name');
-    expectError(await post('/v1/adapters', { name: 'tales', path: join(dir, 'tales') }), 409, 'name', 'adapter_exists');
-    expectError(await post('/v1/adapters', { name: 'stories260K', path: join(dir, 'tales') }), 409, 'name');
-    expectError(await post('/v1/adapters', { name: 'ghost', path: join(dir, 'does-not-exist') }), 400, 'path', 'invalid_adapter');
+    expectError(await post('/v1/adapters', { name: 'x' }), 404, 'path', 'adapter_not_found'); // path defaults to the name
+    expectError(await post('/v1/adapters', { name: 'x', path: 5 }), 400, 'path', 'invalid_type');
+    expectError(await post('/v1/adapters', { name: 'bad name!', path: 'tales' }), 400, 'name');
+    expectError(await post('/v1/adapters', { name: 'tales', path: 'tales' }), 409, 'name', 'adapter_exists');
+    expectError(await post('/v1/adapters', { name: 'stories260K', path: 'tales' }), 409, 'name');
+    expectError(await post('/v1/adapters', { name: 'ghost', path: 'does-not-exist' }), 404, 'path', 'adapter_not_found');
     const del = await fetch(`${url}/v1/adapters/ghost`, { method: 'DELETE' });
     expectError({ status: del.status, body: await del.json() as Json }, 404, 'name', 'adapter_not_found');
   });

@@ -55,6 +55,12 @@ afterAll(async () => {
 });
 
 describe('limits', () => {
+  it('run-time adapter loading is off without an adapter directory: 403', async () => {
+    const r = await fetch(`${url}/v1/adapters`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'A', path: '/etc' }) });
+    expect(r.status).toBe(403);
+    expect(((await r.json()) as Json).error.code).toBe('adapter_loading_disabled');
+  });
+
   it('a client that disconnects mid-stream frees its slot: the next request starts at once', async () => {
     const ctl = new AbortController();
     await startStream(long, ctl);
