@@ -11,7 +11,7 @@ export { FAMILIES, familyOf, loadConfig, parseConfig, SUPPORTED_ARCHITECTURES } 
 export { buildModel, loadModel, type LoadOptions } from './models/load.js';
 export { saveModelDir } from './models/save.js';
 export {
-  defaultContext, forwardCached, forwardHidden, linearModules, lmLogits, lmLoss, namedParameters,
+  defaultContext, forwardCached, forwardHidden, linearModules, lmLogits, lmLoss, namedParameters, setGradientCheckpointing,
   type Batch, type CausalLM, type ForwardContext, type LinearModule,
 } from './models/model.js';
 export { loadTokenizer, type Tokenizer } from './io/tokenizer.js';

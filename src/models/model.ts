@@ -13,7 +13,7 @@
  */
 import { native } from '../native/index.js';
 import {
-  add, attention, concatSeq, crossEntropy as crossEntropyOf, embedding, linear, linearCrossEntropy, ropeTable, scale, softcap, Tensor,
+  add, attention, checkpoint, concatSeq, crossEntropy as crossEntropyOf, embedding, linear, linearCrossEntropy, ropeTable, scale, softcap, Tensor,
   type LossResult, type RopeTable, type Weight,
 } from '../tensor/index.js';
 import type { KVCache } from '../generate/kv-cache.js';
@@ -119,6 +119,8 @@ export interface CausalLM {
   norm: Norm;
   lmHead: LinearModule;
   inputHooks: InputHook[];
+  /** Recompute each decoder block in backward instead of keeping its activations (see setGradientCheckpointing). */
+  gradientCheckpointing?: boolean;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -243,8 +245,26 @@ function ropeTables(positions: Int32Array): (layer: DecoderLayer) => RopeTable |
 
 /** The decoder stack: the family's block per layer, then the final norm. */
 function decoder(model: CausalLM, x: Tensor, env: BlockEnv): Tensor {
-  for (const layer of model.layers) x = model.family.block(model, layer, x, env);
+  for (const layer of model.layers) x = runBlock(model, x, env.ctx, (xi) => model.family.block(model, layer, xi, env));
   return model.family.finalNorm ? model.family.finalNorm(model, x) : applyNorm(model, model.norm, x);
+}
+
+/**
+ * Runs one decoder block, recomputed in backward when the model has gradient checkpointing on
+ * (see tensor/checkpoint.ts; the dropout-call counter is replayed so masks are identical).
+ */
+export function runBlock(model: CausalLM, x: Tensor, ctx: ForwardContext, block: (x: Tensor) => Tensor): Tensor {
+  if (!model.gradientCheckpointing) return block(x);
+  return checkpoint(x, block, { get: () => ctx.dropoutCalls, set: (v) => { ctx.dropoutCalls = v; } });
+}
+
+/**
+ * Turns gradient checkpointing on or off (transformers' `gradient_checkpointing_enable()`): each
+ * decoder block keeps only its input during the forward and is recomputed in backward. Same
+ * gradients, less activation memory, about one more forward pass of compute per step.
+ */
+export function setGradientCheckpointing(model: CausalLM, on = true): void {
+  model.gradientCheckpointing = on;
 }
 
 /** Positions 0..T−1 for each of B rows. */
