@@ -232,15 +232,14 @@ function addPositions(model: CausalLM, x: Tensor, positions: Int32Array): Tensor
   return model.embedPositions ? add(x, embedding(model.embedPositions.weight, positions)) : x;
 }
 
-/** RoPE tables built once per forward and per distinct layer RoPE. */
-function ropeTables(positions: Int32Array): (layer: DecoderLayer) => RopeTable | null {
+/**
+ * RoPE tables built once per forward and per distinct layer RoPE — all of them up front, outside
+ * any block: a table made inside a checkpointed block's arena would be freed with it.
+ */
+function ropeTables(model: CausalLM, positions: Int32Array): (layer: DecoderLayer) => RopeTable | null {
   const tables = new Map<LayerRope, RopeTable>();
-  return (layer) => {
-    if (!layer.rope) return null;
-    let t = tables.get(layer.rope);
-    if (!t) tables.set(layer.rope, (t = ropeTable(positions, layer.rope.invFreq, layer.rope.attentionScaling)));
-    return t;
-  };
+  for (const l of model.layers) if (l.rope && !tables.has(l.rope)) tables.set(l.rope, ropeTable(positions, l.rope.invFreq, l.rope.attentionScaling));
+  return (layer) => (layer.rope ? tables.get(layer.rope)! : null);
 }
 
 /** The decoder stack: the family's block per layer, then the final norm. */
@@ -305,7 +304,7 @@ export function forwardHidden(model: CausalLM, batch: Batch, ctx: ForwardContext
   x = addPositions(model, x, positions);
   const hidden = decoder(model, x, {
     ctx,
-    table: ropeTables(positions),
+    table: ropeTables(model, positions),
     attend: (layer, q, k, v) => {
       let keys = k, values = v, Tk = T;
       let keyMask = batch.keyMask ?? null;
@@ -424,7 +423,7 @@ export function forwardCached(model: CausalLM, seqs: CachedSeq[], ctx: ForwardCo
   const qWidth = c.numHeads * c.headDim;
   const hidden = decoder(model, x, {
     ctx,
-    table: ropeTables(positions),
+    table: ropeTables(model, positions),
     attend: (layer, q, k, v) => {
       const out = Tensor.empty([total, qWidth]);
       seqs.forEach((s, i) => {
