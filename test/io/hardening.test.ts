@@ -20,7 +20,8 @@ import { adapterBase } from '../../src/cli/model.js';
 import { trainCommand } from '../../src/cli/train.js';
 import { withConfigFile } from '../../src/cli/options.js';
 import { main } from '../../src/cli/index.js';
-import { loadBnbCheckpoint, saveQuantizedCheckpoint } from '../../src/quant/bnb-checkpoint.js';
+import { isBnb4bitCheckpoint, loadBnbCheckpoint, saveQuantizedCheckpoint } from '../../src/quant/bnb-checkpoint.js';
+import { setupMethod } from '../../src/train/run.js';
 import { loadModelQuantized } from '../../src/quant/quantize-model.js';
 import { FIXTURES, STORIES } from '../helpers.js';
 
@@ -131,6 +132,12 @@ describe('special files are refused before any read', () => {
     execFileSync('rm', [join(m, 'tokenizer.json')]);
     symlinkSync('/dev/zero', join(m, 'tokenizer.json'));
     peftError(() => loadTokenizer(m), 'tokenizer.json', 'character device');
+    const c = join(dir, 'cfg');
+    cpSync(STORIES, c, { recursive: true });
+    execFileSync('rm', [join(c, 'config.json')]);
+    execFileSync('mkfifo', [join(c, 'config.json')]);
+    peftError(() => setupMethod({ data: 'x.txt', model: c, method: 'full' }), 'config.json', 'FIFO');
+    peftError(() => isBnb4bitCheckpoint(c), 'config.json', 'FIFO');
   });
 });
 
