@@ -334,6 +334,17 @@ describe('the CLI prints no stack trace', () => {
 });
 
 describe('more defects the fuzzer found', () => {
+  it('an invalid or 100,000-character target_modules regex names the config file and key', () => {
+    const model = loadModel(STORIES);
+    for (const [pattern, why] of [['.*q_proj(', 'invalid regular expression'], ['x'.repeat(100_000), 'pattern too long']]) {
+      const dir = tmp();
+      cpSync(join(FIXTURES, 'stories260K'), dir, { recursive: true });
+      const cfg = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+      cfg.target_modules = pattern;
+      writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify(cfg));
+      peftError(() => loadAdapter(new PeftModel(model), dir), 'adapter_config.json: target_modules', why);
+    }
+  });
   it('a tokenizer vocabulary with a non-integer id is refused at load', () => {
     const m = tmp();
     cpSync(STORIES, m, { recursive: true });
