@@ -3,7 +3,7 @@ import { defaultContext, layerLinears, type CausalLM, type Norm } from '../model
 import type { AdapterMethod } from '../peft/types.js';
 import { noGrad, weightToF32, withArena } from '../tensor/index.js';
 import { evalBatches, type Example } from './data/index.js';
-import { batchLoss } from './methods.js';
+import { batchLoss, type LossConvention } from './methods.js';
 
 export interface EvalResult {
   /** Mean next-token cross-entropy per target token (nats). */
@@ -11,23 +11,33 @@ export interface EvalResult {
   perplexity: number;
   /** Target tokens scored. */
   tokens: number;
+  /** Virtual tokens the active adapter prepends (prompt tuning), 0 otherwise. */
+  virtualTokens: number;
+  /** How virtual tokens were scored ({@link LossConvention}); 'next-token' when there are none. */
+  lossConvention: LossConvention;
 }
 
-/** Scores every example once (batches of batchSize rows, truncated to maxSeqLength). */
-export function evaluate(model: CausalLM, examples: readonly Example[], opts: { batchSize?: number; maxSeqLength: number }): EvalResult {
-  let sum = 0, count = 0;
-  if (examples.length === 0) return { loss: NaN, perplexity: NaN, tokens: 0 };
+/**
+ * Scores every example once (batches of batchSize rows, truncated to maxSeqLength). With prompt
+ * tuning, `lossConvention` (default 'peft', HF PEFT's) decides whether the last virtual token's
+ * prediction of each row's first token counts.
+ */
+export function evaluate(model: CausalLM, examples: readonly Example[], opts: { batchSize?: number; maxSeqLength: number; lossConvention?: LossConvention }): EvalResult {
+  let sum = 0, count = 0, virtualTokens = 0;
+  const convention = opts.lossConvention ?? 'peft';
+  if (examples.length === 0) return { loss: NaN, perplexity: NaN, tokens: 0, virtualTokens: 0, lossConvention: 'next-token' };
   noGrad(() => {
     for (const tb of evalBatches(examples, { batchSize: opts.batchSize ?? 8, maxSeqLength: opts.maxSeqLength, pack: false })) {
       withArena(() => {
-        const r = batchLoss(model, tb, 1, defaultContext(false));
+        const r = batchLoss(model, tb, 1, defaultContext(false), convention);
         sum += r.sum;
         count += r.count;
+        virtualTokens = r.virtualTokens;
       });
     }
   });
   const loss = count > 0 ? sum / count : NaN;
-  return { loss, perplexity: Math.exp(loss), tokens: count };
+  return { loss, perplexity: Math.exp(loss), tokens: count, virtualTokens, lossConvention: virtualTokens > 0 ? convention : 'next-token' };
 }
 
 /** Where a tensor holds a NaN or ±Inf: which tensor, whose (adapter name or 'base model'), the first bad element. */
