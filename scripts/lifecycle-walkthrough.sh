@@ -27,12 +27,15 @@ peft serve --registry "$PEFT_REGISTRY" --port 8011 --registry-poll-ms 200 > "$OU
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null' EXIT
 for i in $(seq 1 100); do curl -sf localhost:8011/health >/dev/null 2>&1 && break; sleep 0.3; done
-ask() { curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' -d "{\"model\": \"$1\", \"prompt\": \"The king said\", \"max_tokens\": 16, \"temperature\": 0}"; echo; }
+ask() {
+  curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' -d "{\"model\": \"$1\", \"prompt\": \"The king said\", \"max_tokens\": 16, \"temperature\": 0}" |
+    node -e 'let s = ""; process.stdin.on("data", (d) => { s += d; }).on("end", () => { const r = JSON.parse(s); console.log(r.model + ":" + JSON.stringify(r.choices[0].text)); })'
+}
 echo '$ curl … "model": "tales"'; ask tales
-echo '$ peft train … --max-steps 150 --lr 2e-3 --output' "$OUT/tales-v2"
-peft train --data "$GRIMM" --max-steps 150 --lr 2e-3 --output "$OUT/tales-v2" --forgetting-data "$TINY" --max-forgetting-examples 50 --max-eval-examples 16 | tail -3
+echo '$ peft train … --max-steps 100 --output' "$OUT/tales-v2"
+peft train --data "$GRIMM" --max-steps 100 --output "$OUT/tales-v2" --forgetting-data "$TINY" --max-forgetting-examples 50 --max-eval-examples 16 | tail -3
 echo '$ peft registry push tales' "$OUT/tales-v2"
-peft registry push tales "$OUT/tales-v2" --message "150 steps, lr 2e-3"
+peft registry push tales "$OUT/tales-v2" --message "100 steps"
 echo '$ peft registry diff tales@1 tales@2'
 peft registry diff tales@1 tales@2
 echo '$ peft registry promote tales@2 --to prod --gate examples/lifecycle/gate.yaml'

@@ -5,14 +5,14 @@
  * → rollback (the server follows back) → deploy to vLLM and llama.cpp → export a TRL job.
  */
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildProgram } from '../../src/cli/index.js';
 import { readGate } from '../../src/lifecycle/gate.js';
 import { readTags } from '../../src/lifecycle/registry.js';
 import { startServer, type RunningServer } from '../../src/serve/server.js';
-import { ROOT } from '../helpers.js';
+import { ROOT, STORIES } from '../helpers.js';
 
 /** The README's data files, cut to their first 24 KB (the README runs the whole files). */
 function excerpt(dir: string, file: string): string {
@@ -60,6 +60,13 @@ describe('README walk-through: the adapter lifecycle', () => {
     const v1 = join(dir, 'tales-v1');
     await peft('train', ...train, '--max-steps', '4', '--output', v1);
     expect(existsSync(join(v1, 'training_provenance.json'))).toBe(true);
+    // on another base (here: a copy whose config differs) the adapter is refused unless allowed
+    const other = join(dir, 'other-base');
+    mkdirSync(other);
+    for (const f of ['model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model']) copyFileSync(join(STORIES, f), join(other, f));
+    writeFileSync(join(other, 'config.json'), readFileSync(join(STORIES, 'config.json'), 'utf8').replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e-06'));
+    await expect(peft('eval', '--adapter', v1, '--model', other, '--data', TINY, '--max-examples', '2')).rejects.toThrow(/trained on a different base model .*config\.json: recorded/);
+    expect((await peft('eval', '--adapter', v1, '--model', other, '--data', TINY, '--max-examples', '2', '--allow-base-mismatch')).out).toMatch(/perplexity/);
     const d1 = await peft('doctor', '--adapter', v1, '--target', 'vllm');
     expect(d1.code).toBe(0);
     expect(d1.out).toContain('doctor: no problems found');
