@@ -23,9 +23,10 @@ peft registry promote tales@1 --to prod --gate examples/lifecycle/gate-strict.ya
 echo '$ peft registry promote tales@1 --to prod --gate examples/lifecycle/gate.yaml'
 peft registry promote tales@1 --to prod --gate examples/lifecycle/gate.yaml
 echo '$ peft serve --registry $PEFT_REGISTRY --port 8011 &'
-peft serve --registry "$PEFT_REGISTRY" --port 8011 --registry-poll-ms 200 > "$OUT/serve.log" 2>&1 &
+if curl -sf localhost:8011/health >/dev/null 2>&1; then echo "port 8011 is in use" >&2; exit 1; fi
+node --import tsx src/cli/bin.ts serve --registry "$PEFT_REGISTRY" --port 8011 --registry-poll-ms 200 > "$OUT/serve.log" 2>&1 &
 SERVE=$!
-trap 'kill $SERVE 2>/dev/null' EXIT
+trap 'kill $SERVE 2>/dev/null || true' EXIT
 for i in $(seq 1 100); do curl -sf localhost:8011/health >/dev/null 2>&1 && break; sleep 0.3; done
 ask() {
   curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' -d "{\"model\": \"$1\", \"prompt\": \"The king said\", \"max_tokens\": 16, \"temperature\": 0}" |
