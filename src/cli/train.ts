@@ -1,5 +1,5 @@
 /** `peft train`: fine-tune with LoRA, QLoRA or full fine-tuning on a data file. */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { readTextFile } from '../io/files.js';
 import { runTraining, METHODS, type MethodName, type TrainRunOptions } from '../train/run.js';
 import { OBJECTIVES } from '../train/preference/losses.js';
@@ -27,10 +27,12 @@ export function trainCommand(): Command {
     .option('--encoder-hidden-size <n>', 'prefix tuning: hidden width of the reparameterisation MLP', int('--encoder-hidden-size', 1))
     .option('--prompt-tuning-init <mode>', 'prompt tuning: RANDOM | TEXT')
     .option('--prompt-tuning-init-text <text>', 'prompt tuning: text whose token embeddings initialise the prompt (implies TEXT)')
+    .addOption(new Option('--loss-convention <c>', "prompt tuning: peft = HF PEFT's (labels = input_ids: the last virtual token also predicts each row's first token) | next-token (real tokens only)").choices(['peft', 'next-token']).default('peft'))
     .option('--reduction-factor <n>', 'bottleneck adapter: hidden / bottleneck', int('--reduction-factor', 1))
     .option('--bottleneck-size <n>', 'bottleneck adapter: explicit bottleneck width', int('--bottleneck-size', 1))
     .option('--placement <p>', 'bottleneck adapter: houlsby (after attention and MLP) | pfeiffer (after MLP)')
     .option('--non-linearity <f>', 'bottleneck adapter: relu | gelu | gelu_tanh | silu')
+    .option('--compute-dtype <dtype>', 'float32 | bf16: bf16 multiplies the frozen base weights in bfloat16 with VDPBF16PS (activations rounded to bf16, float32 sums; LoRA/adapters and the optimizer stay float32), like torch.autocast("cpu", dtype=torch.bfloat16); needs AVX512_BF16, refused otherwise', 'float32')
     .option('--gradient-checkpointing', 'recompute each decoder block in backward instead of keeping its activations: less memory, about one more forward pass per step')
     .option('--max-steps <n>', 'optimizer steps', int('--max-steps', 1), 200)
     .option('--batch-size <n>', 'rows per micro-batch', int('--batch-size', 1), 8)
@@ -90,6 +92,7 @@ export function trainCommand(): Command {
       encoderHiddenSize: o.encoderHiddenSize as number | undefined,
       promptTuningInit: o.promptTuningInit as 'RANDOM' | 'TEXT' | undefined,
       promptTuningInitText: o.promptTuningInitText as string | undefined,
+      lossConvention: o.lossConvention as 'peft' | 'next-token',
       reductionFactor: o.reductionFactor as number | undefined,
       bottleneckSize: o.bottleneckSize as number | undefined,
       placement: o.placement as 'houlsby' | 'pfeiffer' | undefined,
@@ -97,6 +100,7 @@ export function trainCommand(): Command {
       forgettingData: o.forgettingData as string | undefined,
       maxForgettingExamples: o.maxForgettingExamples as number,
       resultJson: o.resultJson as string | undefined,
+      computeDtype: o.computeDtype as 'float32' | 'bf16',
       maxSteps: o.maxSteps as number,
       batchSize: o.batchSize as number,
       gradAccum: o.gradAccum as number,

@@ -17,7 +17,7 @@ import { f32Weight, mulFeatures, Tensor, weightToF32, type Weight } from '../ten
 import { ConfigReader } from './config.js';
 import { loadStateDict, registerAdapterLoader } from './registry.js';
 import { normalRng } from '../tensor/random.js';
-import { isTargeted, moduleSuffixes } from './inject.js';
+import { configRegex, isTargeted, moduleSuffixes } from './inject.js';
 import { peftKey } from './lora.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 
@@ -126,7 +126,7 @@ export class Ia3Adapter implements AdapterMethod {
     const rnd = normalRng(seed);
     for (const m of modules) {
       // PEFT `_check_target_module_feedforward`: a regex must match the whole name; list entries are plain suffixes
-      const feedforward = typeof ff === 'string' ? new RegExp(`^(?:${ff})$`).test(m.name) : ff.some((k) => m.name.endsWith(k));
+      const feedforward = typeof ff === 'string' ? configRegex(`^(?:${ff})$`, 'feedforward_modules', ff).test(m.name) : ff.some((k) => m.name.endsWith(k));
       const n = feedforward ? m.inFeatures : m.outFeatures;
       const data = new Float32Array(n);
       if (cfg.init_ia3_weights) data.fill(1);

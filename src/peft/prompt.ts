@@ -9,7 +9,7 @@
  *   drops position_ids). Here passed positions are honoured, shifted by P: with the cumsum
  *   positions of a left-padded batch each row then computes exactly what it computes alone;
  * - labels get P leading −100s, so the last virtual token predicts input_ids[0] (see
- *   `batchLoss(..., predictFirstFromVirtual = true)`);
+ *   `batchLoss(..., 'peft')`, the default loss convention for training and evaluation);
  * - init RANDOM (N(0,1)), TEXT (the word embeddings of the tokenized init text, repeated or cut to
  *   P tokens) or SAMPLE_VOCAB (embeddings of random vocabulary ids);
  * - the adapter file holds `prompt_embeddings` [P, hidden].

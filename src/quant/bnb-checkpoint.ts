@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { moveFilesInto, writeFileAtomic } from '../io/atomic.js';
-import { assertRegularIfExists, readJsonFile } from '../io/files.js';
+import { assertRegularIfExists, readJsonFile, readJsonObject } from '../io/files.js';
 import { readModelWeights, writeSafetensorsFile, type TensorEntry, type TensorToWrite } from '../io/safetensors.js';
 import { loadConfig } from '../models/config.js';
 import type { CausalLM, LinearModule } from '../models/llama.js';
@@ -108,6 +108,8 @@ export interface LoadBnbOptions {
  *   plus every error of `loadModel`.
  */
 export function loadBnbCheckpoint(dir: string, opts: LoadBnbOptions = {}): CausalLM {
+  // regular file, bounded, nesting-capped, named errors — before the model's config parser walks it
+  readJsonObject(join(dir, 'config.json'), { what: 'config.json (a JSON object)' });
   const config = loadConfig(dir);
   if (readBnbQuantizationConfig(dir) === null) {
     throw new PeftError('not a bitsandbytes 4-bit checkpoint', { file: join(dir, 'config.json'), field: 'quantization_config', expected: 'quant_method "bitsandbytes" with load_in_4bit', found: 'none' });
