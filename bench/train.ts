@@ -3,11 +3,14 @@
  * next to PyTorch + HF PEFT running the identical configuration, from one invocation; plus QLoRA
  * (NF4 base, double quantization) against float32 LoRA with the base-weight bytes.
  *   (a) stories260K shape, batch 8 × 256 tokens;
- *   (b) a randomly initialised Llama with SmolLM2-135M's shape, batch 4 × 256.
+ *   (b) a randomly initialised Llama with SmolLM2-135M's shape, batch 4 × 256;
+ *   (c) the same shape at 4 × 1024 tokens with and without gradient checkpointing (`smol-1k`,
+ *       `smol-1k-gc`; no PyTorch column: its 4 × 1024 float32 run needs more memory than a shared
+ *       machine should give a benchmark).
  * Each case runs in its own process so peak RSS is its own. Not a test: numbers vary with the
  * machine; the ratios are the point.
  *
- * Run: npm run bench:train [-- --cases stories,smol,smol-qlora --steps 5]
+ * Run: npm run bench:train [-- --cases stories,smol,smol-qlora,smol-1k,smol-1k-gc --steps 5]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -20,7 +23,7 @@ import { quantizeModel, quantizationReport } from '../src/quant/quantize-model.j
 import { batchLoss } from '../src/train/methods.js';
 import { train } from '../src/train/trainer.js';
 import { weightBytes } from '../src/tensor/index.js';
-import { linearModules } from '../src/models/llama.js';
+import { linearModules, setGradientCheckpointing } from '../src/models/llama.js';
 
 const SHAPES: Record<string, Record<string, unknown>> = {
   smol: { hidden_size: 576, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, intermediate_size: 1536, vocab_size: 49152, tie_word_embeddings: true },
@@ -62,8 +65,9 @@ function randomModel(shape: Record<string, unknown>) {
 }
 
 /** One case in this process: prints a JSON line. */
-function runCase(name: string, B: number, T: number, steps: number, warmup: number, qlora: boolean): void {
-  const model = randomModel(SHAPES[name.replace('-qlora', '')]);
+function runCase(name: string, B: number, T: number, steps: number, warmup: number, qlora: boolean, gc: boolean): void {
+  const model = randomModel(SHAPES[name.replace(/(-qlora|-1k|-gc)+$/, '')]);
+  setGradientCheckpointing(model, gc);
   if (qlora) quantizeModel(model, { quantType: 'nf4', doubleQuant: true });
   const peft = new PeftModel(model);
   peft.addAdapter('b', new LoraAdapter(model, parseLoraConfig({ r: 8, lora_alpha: 16, lora_dropout: 0, target_modules: 'all-linear' })));
@@ -108,11 +112,11 @@ const argv = process.argv.slice(2);
 const arg = (k: string, d: string): string => { const i = argv.indexOf(k); return i >= 0 ? argv[i + 1] : d; };
 if (argv[0] === '--run-case') {
   const [, name, B, T, steps, warmup] = argv;
-  runCase(name, Number(B), Number(T), Number(steps), Number(warmup), name.endsWith('-qlora'));
+  runCase(name, Number(B), Number(T), Number(steps), Number(warmup), name.includes('-qlora'), name.endsWith('-gc'));
 } else {
   const steps = arg('--steps', '5'), warmup = arg('--warmup', '2');
   const cases = arg('--cases', 'stories,smol,smol-qlora').split(',');
-  const dims: Record<string, [number, number]> = { stories: [8, 256], smol: [4, 256], 'smol-qlora': [4, 256] };
+  const dims: Record<string, [number, number]> = { stories: [8, 256], smol: [4, 256], 'smol-qlora': [4, 256], 'smol-1k': [4, 1024], 'smol-1k-gc': [4, 1024] };
   const py = ['.venv-ref/bin/python'].find((p) => existsSync(p));
   const self = fileURLToPath(import.meta.url);
   const rows: Array<Record<string, number | string> | null> = [];
@@ -123,7 +127,7 @@ if (argv[0] === '--run-case') {
   for (const c of cases) {
     const [B, T] = dims[c];
     const ours = spawnJson(process.execPath, [...process.execArgv, self, '--run-case', c, String(B), String(T), steps, warmup]);
-    const ref = c.endsWith('-qlora') || !py ? null : spawnJson(py, ['bench/ref_train.py', '--case', c, '--batch', String(B), '--seq', String(T), '--steps', steps, '--warmup', warmup]);
+    const ref = c.endsWith('-qlora') || c.includes('-1k') || !py ? null : spawnJson(py, ['bench/ref_train.py', '--case', c, '--batch', String(B), '--seq', String(T), '--steps', steps, '--warmup', warmup]);
     rows.push(ours);
     const ratio = ours && ref ? (Number(ours.tokens_per_second) / Number(ref.tokens_per_second)).toFixed(2) : 'n/a';
     console.log(`| ${c} | ${B}×${T} | ${ours ? Number(ours.tokens_per_second).toFixed(0) : 'fail'} | ${ref ? Number(ref.tokens_per_second).toFixed(0) : 'n/a'} | ${ratio} | ${mib(ours?.peak_rss_bytes)} | ${mib(ref?.peak_rss_bytes)} |`);
@@ -134,5 +138,10 @@ if (argv[0] === '--run-case') {
     console.log(`  tokens/s: ${Number(q.tokens_per_second).toFixed(0)} vs ${Number(f32.tokens_per_second).toFixed(0)} (${(Number(q.tokens_per_second) / Number(f32.tokens_per_second)).toFixed(2)}x)`);
     console.log(`  quantized linear layers: ${mib(q.linear_weight_bytes)} vs ${mib(f32.linear_weight_bytes)} float32 (${(100 * Number(q.linear_weight_bytes) / Number(f32.linear_f32_bytes)).toFixed(2)}%), ${Number(q.bits_per_param).toFixed(4)} bits/param`);
     console.log(`  whole base (embeddings stay float32): ${mib(q.base_bytes_total)}; peak RSS ${mib(q.peak_rss_bytes)} vs ${mib(f32.peak_rss_bytes)}`);
+  }
+  const k1 = rows.find((r) => r?.case === 'smol-1k'), gc = rows.find((r) => r?.case === 'smol-1k-gc');
+  if (k1 && gc) {
+    console.log('\nGradient checkpointing on the SmolLM2-135M shape at 4 × 1024 tokens:');
+    console.log(`  peak RSS: ${mib(gc.peak_rss_bytes)} with vs ${mib(k1.peak_rss_bytes)} without; tokens/s ${Number(gc.tokens_per_second).toFixed(0)} vs ${Number(k1.tokens_per_second).toFixed(0)} (${(Number(gc.tokens_per_second) / Number(k1.tokens_per_second)).toFixed(2)}x)`);
   }
 }

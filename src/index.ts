@@ -10,7 +10,7 @@ export { loadConfig, parseConfig, ropeInvFreq, type ModelConfig } from './models
 export { buildModel, loadModel, type LoadOptions } from './models/load.js';
 export { saveModelDir } from './models/save.js';
 export {
-  defaultContext, forwardCached, forwardHidden, linearModules, lmLogits, lmLoss, namedParameters,
+  defaultContext, forwardCached, forwardHidden, linearModules, lmLogits, lmLoss, namedParameters, setGradientCheckpointing,
   type Batch, type CausalLM, type ForwardContext, type LinearModule,
 } from './models/llama.js';
 export { loadTokenizer, type Tokenizer } from './io/tokenizer.js';

@@ -1,6 +1,8 @@
 /** `peft eval`: mean loss per target token and perplexity of a model (and adapter) on a data file. */
 import { Command } from 'commander';
+import { PeftError } from '../errors.js';
 import { loadTokenizer } from '../io/tokenizer.js';
+import { firstNonFinite } from '../train/evaluate.js';
 import { evaluateFile } from '../train/run.js';
 import { attachAdapterForInference } from './adapters.js';
 import { openModelFor } from './model.js';
@@ -29,8 +31,16 @@ export function evalCommand(): Command {
     requireOptions(o as unknown as Record<string, unknown>, ['data']);
     const { model, dir } = openModelFor(o.adapter, o.model, o.quantize);
     const tok = loadTokenizer(dir);
-    if (o.adapter) attachAdapterForInference(model, o.adapter, { dir, allowMismatch: o.allowBaseMismatch });
+    const peft = o.adapter ? attachAdapterForInference(model, o.adapter, { dir, allowMismatch: o.allowBaseMismatch }).peft : null;
     const r = evaluateFile(model, tok, o.data, { maxSeqLength: o.maxSeqLength, batchSize: o.batchSize, textSplit: o.textSplit, skipBadLines: o.skipBadLines, maxExamples: o.maxExamples });
+    if (r.tokens > 0 && !Number.isFinite(r.loss)) {
+      // a diverged or corrupt adapter (or base): name the first tensor that is not finite
+      const bad = firstNonFinite(model, peft ? peft.adapters : []);
+      if (bad) throw new PeftError(`evaluation loss is ${r.loss}: ${bad.owner === 'base model' ? 'the base model' : `adapter ${o.adapter}`} holds a non-finite value`, {
+        file: bad.owner === 'base model' ? dir : o.adapter, field: bad.tensor, expected: 'finite values', found: `${bad.value} at element ${bad.index}`,
+      });
+      throw new PeftError(`evaluation loss is ${r.loss}, though every weight is finite (the activations overflowed)`, { file: o.data });
+    }
     const out = { data: o.data, model: dir, adapter: o.adapter ?? null, loss: r.loss, perplexity: r.perplexity, tokens: r.tokens };
     if (o.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
     else process.stdout.write(`loss ${r.loss.toFixed(5)} nats/token, perplexity ${r.perplexity.toFixed(4)} over ${r.tokens} target tokens\n`);

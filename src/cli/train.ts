@@ -18,6 +18,7 @@ export function trainCommand(): Command {
     .option('--lora-dropout <p>', 'dropout on the LoRA input while training', float('--lora-dropout', 0, 0.999), 0.05)
     .option('--target-modules <list>', 'comma-separated module names, a regex, or all-linear (LoRA default: all-linear; IA3 default: the model type\'s)')
     .option('--use-rslora', 'scale by alpha/sqrt(r) (rank-stabilised LoRA)')
+    .option('--use-dora', 'DoRA: LoRA on the direction plus a trained magnitude per output row (lora/qlora)')
     .option('--modules-to-save <list>', 'modules trained in full and saved with the adapter (e.g. lm_head)', list)
     .option('--quant-type <type>', 'QLoRA base quantization: nf4 | fp4', 'nf4')
     .option('--feedforward-modules <list>', 'IA3: modules whose input is scaled (default: the model type\'s, e.g. down_proj)', list)
@@ -30,6 +31,8 @@ export function trainCommand(): Command {
     .option('--bottleneck-size <n>', 'bottleneck adapter: explicit bottleneck width', int('--bottleneck-size', 1))
     .option('--placement <p>', 'bottleneck adapter: houlsby (after attention and MLP) | pfeiffer (after MLP)')
     .option('--non-linearity <f>', 'bottleneck adapter: relu | gelu | gelu_tanh | silu')
+    .option('--compute-dtype <dtype>', 'float32 | bf16: bf16 multiplies the frozen base weights in bfloat16 with VDPBF16PS (activations rounded to bf16, float32 sums; LoRA/adapters and the optimizer stay float32), like torch.autocast("cpu", dtype=torch.bfloat16); needs AVX512_BF16, refused otherwise', 'float32')
+    .option('--gradient-checkpointing', 'recompute each decoder block in backward instead of keeping its activations: less memory, about one more forward pass per step')
     .option('--max-steps <n>', 'optimizer steps', int('--max-steps', 1), 200)
     .option('--batch-size <n>', 'rows per micro-batch', int('--batch-size', 1), 8)
     .option('--grad-accum <n>', 'micro-batches per optimizer step', int('--grad-accum', 1), 1)
@@ -79,6 +82,7 @@ export function trainCommand(): Command {
       targetModules: o.targetModules === undefined ? undefined
         : targets === 'all-linear' || (!targets.includes(',') && /[\\^$*+?()[\]|]/.test(targets)) ? targets : list(targets),
       useRslora: Boolean(o.useRslora),
+      useDora: Boolean(o.useDora),
       modulesToSave: o.modulesToSave as string[] | undefined,
       quantType: o.quantType as 'nf4' | 'fp4',
       feedforwardModules: o.feedforwardModules as string[] | undefined,
@@ -94,6 +98,7 @@ export function trainCommand(): Command {
       forgettingData: o.forgettingData as string | undefined,
       maxForgettingExamples: o.maxForgettingExamples as number,
       resultJson: o.resultJson as string | undefined,
+      computeDtype: o.computeDtype as 'float32' | 'bf16',
       maxSteps: o.maxSteps as number,
       batchSize: o.batchSize as number,
       gradAccum: o.gradAccum as number,
@@ -114,6 +119,7 @@ export function trainCommand(): Command {
       saveTotalLimit: o.saveTotalLimit as number,
       resume: o.resume as string | undefined,
       skipBadLines: Boolean(o.skipBadLines),
+      gradientCheckpointing: Boolean(o.gradientCheckpointing),
       chatTemplate: o.chatTemplate ? readTextFile(o.chatTemplate as string, { maxBytes: 4 * 2 ** 20, what: 'a Jinja chat template' }) : undefined,
       adapter: o.adapter as string | undefined,
       objective: o.objective as TrainRunOptions['objective'],

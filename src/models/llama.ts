@@ -9,7 +9,7 @@
  */
 import { native } from '../native/index.js';
 import {
-  add, attention, concatSeq, crossEntropy as crossEntropyOf, embedding, linear, linearCrossEntropy, rmsnorm, rope, ropeTable, swiglu, Tensor,
+  add, attention, checkpoint, concatSeq, crossEntropy as crossEntropyOf, embedding, linear, linearCrossEntropy, rmsnorm, rope, ropeTable, swiglu, Tensor,
   type LossResult, type RopeTable, type Weight,
 } from '../tensor/index.js';
 import type { KVCache } from '../generate/kv-cache.js';
@@ -94,6 +94,8 @@ export interface CausalLM {
   invFreq: Float32Array;
   attentionScaling: number;
   inputHooks: InputHook[];
+  /** Recompute each decoder block in backward instead of keeping its activations (see setGradientCheckpointing). */
+  gradientCheckpointing?: boolean;
 }
 
 /** Applies a linear module with its PEFT hooks: pre-hooks transform the input, post-hooks the output. */
@@ -114,7 +116,7 @@ function embed(model: CausalLM, ids: Int32Array): Tensor {
 function decoder(model: CausalLM, x: Tensor, table: RopeTable, ctx: ForwardContext,
   attend: (layer: DecoderLayer, q: Tensor, k: Tensor, v: Tensor) => Tensor): Tensor {
   const c = model.config;
-  for (const layer of model.layers) {
+  const block = (layer: DecoderLayer, x: Tensor): Tensor => {
     const h = rmsnorm(x, layer.inputLayernorm, c.rmsNormEps);
     const q = rope(runLinear(layer.q, h, ctx), table, c.numHeads, c.headDim);
     const k = rope(runLinear(layer.k, h, ctx), table, c.numKvHeads, c.headDim);
@@ -127,9 +129,28 @@ function decoder(model: CausalLM, x: Tensor, table: RopeTable, ctx: ForwardConte
     const u = runLinear(layer.up, h2, ctx);
     let d = runLinear(layer.down, swiglu(g, u), ctx);
     for (const hook of layer.afterMlp) d = hook(d, ctx);
-    x = add(x, d);
-  }
+    return add(x, d);
+  };
+  for (const layer of model.layers) x = runBlock(model, x, ctx, (xi) => block(layer, xi));
   return rmsnorm(x, model.norm, c.rmsNormEps);
+}
+
+/**
+ * Runs one decoder block, recomputed in backward when the model has gradient checkpointing on
+ * (see tensor/checkpoint.ts; the dropout-call counter is replayed so masks are identical).
+ */
+export function runBlock(model: CausalLM, x: Tensor, ctx: ForwardContext, block: (x: Tensor) => Tensor): Tensor {
+  if (!model.gradientCheckpointing) return block(x);
+  return checkpoint(x, block, { get: () => ctx.dropoutCalls, set: (v) => { ctx.dropoutCalls = v; } });
+}
+
+/**
+ * Turns gradient checkpointing on or off (transformers' `gradient_checkpointing_enable()`): each
+ * decoder block keeps only its input during the forward and is recomputed in backward. Same
+ * gradients, less activation memory, about one more forward pass of compute per step.
+ */
+export function setGradientCheckpointing(model: CausalLM, on = true): void {
+  model.gradientCheckpointing = on;
 }
 
 /** Positions 0..T−1 for each of B rows. */

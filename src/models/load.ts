@@ -42,8 +42,11 @@ function f32Tensor(e: TensorEntry, requiresGrad = false): Tensor {
 
 function weightOf(e: TensorEntry, opts: LoadOptions): Weight {
   if (e.dtype === 'BF16' && (opts.dtype ?? 'auto') === 'auto') {
-    const bits = new Uint16Array(e.shape[0] * e.shape[1]);
-    new Uint8Array(bits.buffer).set(e.data);
+    // a per-tensor (lazy) read is used as it is; a view into a whole file is copied, so the model owns exactly its memory
+    const d = e.data, n = e.shape[0] * e.shape[1];
+    const own = d.byteOffset === 0 && d.byteLength === d.buffer.byteLength;
+    const bits = own ? new Uint16Array(d.buffer, 0, n) : new Uint16Array(n);
+    if (!own) new Uint8Array(bits.buffer).set(d);
     return { rows: e.shape[0], cols: e.shape[1], data: { kind: 'bf16', bits } };
   }
   const t = f32Tensor(e);

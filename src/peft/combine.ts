@@ -91,6 +91,8 @@ export function combineLoraDetailed(adapters: CombineSource[], combination: Lora
     if (s.adapter.model !== model) throw new PeftError('adapters to combine must be on the same base model object', { field: names[i] });
     if (s.adapter.copies.size > 0)
       throw new PeftError('cannot combine an adapter with modules_to_save (full module copies are not low-rank deltas)', { field: names[i], found: [...s.adapter.copies.keys()].join(', ') });
+    if (s.adapter.cfg.use_dora)
+      throw new PeftError('cannot combine DoRA adapters (their magnitude vectors are not low-rank deltas)', { field: `${names[i]}: use_dora`, expected: 'false', found: 'true' });
     if (s.adapter.biases.size > 0)
       throw new PeftError('cannot combine an adapter that trains base biases', { field: `${names[i]}: bias`, expected: 'none', found: s.adapter.cfg.bias });
     for (const l of s.adapter.layers.values())

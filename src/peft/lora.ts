@@ -20,6 +20,7 @@ import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 import { gaussian, uniformRng } from '../tensor/random.js';
 import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry.js';
 import { checkLoraSizes } from './preflight.js';
+import { doraVariant } from './dora.js';
 
 /** The LoRA branch on one linear module. */
 export interface LoraLayer {
@@ -36,11 +37,87 @@ export interface LoraLayer {
   dropout: number;
   /** True while the delta is merged into the module's weight (the branch is then skipped). */
   merged: boolean;
+  /** How the branch joins the base output, merges and saves: plain LoRA or DoRA. */
+  variant: LoraVariant;
+  /** DoRA's `lora_magnitude_vector` m [out] (null for plain LoRA). */
+  magnitude: Tensor | null;
   /**
    * While merged: the module's pre-merge weight and bias (the same objects, bf16 bits and a tied
    * embedding included) and the merged ones that replaced them; unmerge puts the former back.
    */
   saved?: { weight: Weight; bias: Tensor | null; merged: Weight } | null;
+}
+
+/**
+ * A LoRA variant: the seam through which DoRA (and future variants) change LoRA without branches
+ * in the layer code — HF PEFT's `LoraVariant` (peft/tuners/lora/layer.py, implementations in
+ * peft/tuners/lora/variants.py: init, forward, merge, unmerge).
+ */
+export interface LoraVariant {
+  /** `use_dora` value written to adapter_config.json. */
+  readonly useDora: boolean;
+  /** Creates the variant's own tensors for a new layer (A and B already initialised). */
+  init(l: LoraLayer): void;
+  /**
+   * The layer output for the whole batch, differentiable: y is the base output x·Wᵀ + b [rows, out]
+   * (the variant may update it in place), x the module input [rows, in] before LoRA dropout.
+   */
+  forward(l: LoraLayer, x: Tensor, y: Tensor, ctx: ForwardContext): Tensor;
+  /** Inference on a row range of the batch, in place on y (no gradients). */
+  forwardRows(l: LoraLayer, x: Tensor, y: Tensor, rows: RowRange): void;
+  /**
+   * In place on a float32 copy w [out, in] of the base weight and bias [out] (a copy, when
+   * present): the merged weight. The module still holds the unmerged weight while this runs.
+   * (Unmerge needs no variant code: it puts the kept pre-merge weight back.)
+   */
+  mergeInto(l: LoraLayer, w: Float32Array, bias: Float32Array | null): void;
+  /** Extra state-dict entries (PEFT suffix after the module name → tensor), e.g. `lora_magnitude_vector`. */
+  tensors(l: LoraLayer): Array<[string, Tensor]>;
+}
+
+/**
+ * Plain LoRA: y + scaling · (dropout(x)·Aᵀ)·Bᵀ (+ scaling · bias_B); merged as W + scaling·B·A.
+ */
+export const plainLora: LoraVariant = {
+  useDora: false,
+  init: () => {},
+  forward(l, x, y, ctx) {
+    const xd = ctx.training && l.dropout > 0 ? dropout(x, l.dropout, ctx.seed * 1000003 + ctx.dropoutCalls++) : x;
+    const xa = linear(xd, f32Weight(l.A));
+    y = linearAccumulate(y, xa, f32Weight(l.B), l.scaling);
+    if (l.biasB) y = addScaledBias(y, l.biasB, l.scaling);
+    return y;
+  },
+  forwardRows(l, x, y, rows) {
+    const M = rows.end - rows.start, N = l.module.outFeatures;
+    if (M <= 0) return;
+    const yr = rowsOf(y, rows);
+    loraRows(l, x, rows, yr, l.scaling, 1);
+    if (l.biasB) {
+      const b = new Float32Array(N);
+      native.scale(l.biasB.data, l.scaling, b);
+      native.addRow(yr, b, M, N);
+    }
+  },
+  mergeInto(l, w, bias) {
+    addDelta(l, w);
+    if (l.biasB && bias) native.axpy(l.scaling, l.biasB.data, bias);
+  },
+  tensors: () => [],
+};
+
+/** w += scaling·B·A (w [out, in]). */
+export function addDelta(l: LoraLayer, w: Float32Array): void {
+  const m = l.module;
+  native.gemm(false, false, m.outFeatures, m.inFeatures, l.r, l.scaling, l.B.data, l.r, l.A.data, m.inFeatures, 1, w, m.inFeatures);
+}
+
+/** out[rows] = alpha · (x[rows]·Aᵀ)·Bᵀ + beta · out (inference; out is [M, out_features]). */
+export function loraRows(l: LoraLayer, x: Tensor, rows: RowRange, out: Float32Array, alpha: number, beta: number): void {
+  const M = rows.end - rows.start, K = l.module.inFeatures, N = l.module.outFeatures;
+  const xa = allocF32(M * l.r);
+  native.gemm(false, true, M, l.r, K, 1, rowsOf(x, rows), K, l.A.data, K, 0, xa, l.r);
+  native.gemm(false, true, M, N, l.r, alpha, xa, l.r, l.B.data, l.r, beta, out, N);
 }
 
 /** Key prefix PEFT gives a module in adapter_model.safetensors. */
@@ -50,7 +127,7 @@ export function peftKey(moduleName: string): string {
 
 
 /** Row-range view [start, end) of a [rows, cols] tensor's data. */
-function rowsOf(t: Tensor, rows: RowRange): Float32Array {
+export function rowsOf(t: Tensor, rows: RowRange): Float32Array {
   return t.data.subarray(rows.start * t.cols, rows.end * t.cols);
 }
 
@@ -90,7 +167,10 @@ export class LoraAdapter implements AdapterMethod {
       if (cfg.init_lora_weights === false) for (let i = 0; i < B.size; i++) B.data[i] = (r0() * 2 - 1) * 0.1;
       const biasB = cfg.lora_bias ? Tensor.param(new Float32Array(m.outFeatures), [m.outFeatures], false) : null;
       const scaling = cfg.use_rslora ? alpha / Math.sqrt(r) : alpha / r;
-      this.layers.set(m.name, { module: m, r, alpha, scaling, A, B, biasB, dropout: cfg.lora_dropout, merged: false });
+      const variant = cfg.use_dora ? doraVariant : plainLora;
+      const layer: LoraLayer = { module: m, r, alpha, scaling, A, B, biasB, dropout: cfg.lora_dropout, merged: false, variant, magnitude: null };
+      variant.init(layer);
+      this.layers.set(m.name, layer);
     }
     for (const name of cfg.modules_to_save ?? []) this.addCopy(name);
     if (cfg.bias !== 'none') {
@@ -146,7 +226,7 @@ export class LoraAdapter implements AdapterMethod {
       revision: c.revision,
       target_modules: targets,
       task_type: 'CAUSAL_LM',
-      use_dora: false,
+      use_dora: c.use_dora,
       use_rslora: c.use_rslora,
     };
   }
@@ -157,6 +237,7 @@ export class LoraAdapter implements AdapterMethod {
       out.set(`${peftKey(name)}.lora_A.weight`, l.A);
       out.set(`${peftKey(name)}.lora_B.weight`, l.B);
       if (l.biasB) out.set(`${peftKey(name)}.lora_B.bias`, l.biasB);
+      for (const [suffix, t] of l.variant.tensors(l)) out.set(`${peftKey(name)}.${suffix}`, t);
     }
     for (const [name, c] of this.copies) {
       out.set(`${peftKey(name)}.weight`, c.weight);
@@ -192,29 +273,10 @@ export class LoraAdapter implements AdapterMethod {
     const l = this.layers.get(m.name);
     if (!l || l.merged) return y;
     if (rows) {
-      this.deltaRows(l, x, y, rows);
+      l.variant.forwardRows(l, x, y, rows);
       return y;
     }
-    const xd = ctx.training && l.dropout > 0 ? dropout(x, l.dropout, ctx.seed * 1000003 + ctx.dropoutCalls++) : x;
-    const xa = linear(xd, f32Weight(l.A));
-    y = linearAccumulate(y, xa, f32Weight(l.B), l.scaling);
-    if (l.biasB) y = addScaledBias(y, l.biasB, l.scaling);
-    return y;
-  }
-
-  /** Inference on a row range: y[rows] += scaling · (x[rows]·Aᵀ)·Bᵀ (+ scaling · bias_B). */
-  private deltaRows(l: LoraLayer, x: Tensor, y: Tensor, rows: RowRange): void {
-    const M = rows.end - rows.start, K = l.module.inFeatures, N = l.module.outFeatures;
-    if (M <= 0) return;
-    const xa = allocF32(M * l.r);
-    native.gemm(false, true, M, l.r, K, 1, rowsOf(x, rows), K, l.A.data, K, 0, xa, l.r);
-    const yr = rowsOf(y, rows);
-    native.gemm(false, true, M, N, l.r, l.scaling, xa, l.r, l.B.data, l.r, 1, yr, N);
-    if (l.biasB) {
-      const b = new Float32Array(N);
-      native.scale(l.biasB.data, l.scaling, b);
-      native.addRow(yr, b, M, N);
-    }
+    return l.variant.forward(l, x, y, ctx);
   }
 
   private replaceRows(x: Tensor, y: Tensor, copy: { weight: Tensor; bias: Tensor | null }, rows: RowRange): Tensor {
@@ -232,7 +294,8 @@ export class LoraAdapter implements AdapterMethod {
   }
 
   /**
-   * W ← W + scaling·B·A (and bias ← bias + scaling·bias_B) for every layer, into a new float32
+   * W ← W + scaling·B·A (and bias ← bias + scaling·bias_B) for every layer — for DoRA
+   * W ← m ⊙ (W + scaling·B·A) / ‖W + scaling·B·A‖ per row (see LoraVariant) —, into a new float32
    * weight; the pre-merge weight (float32, or bfloat16 bits) is kept for {@link unmerge}. A LoRA on
    * the lm_head of a tied-embedding model unties it first (as HF PEFT's merge_and_unload leaves
    * lm_head with its own weight): embed_tokens is unchanged, and the model config then says
@@ -310,12 +373,9 @@ function mergeLayer(l: LoraLayer): void {
   if (m.weight.data.kind === 'q4')
     throw new PeftError('cannot merge LoRA into a 4-bit weight in place; use `peft merge`, which dequantizes and writes a float32 model', { field: m.name });
   const w = Tensor.param(weightToF32(m.weight), [m.outFeatures, m.inFeatures], false);
-  native.gemm(false, false, m.outFeatures, m.inFeatures, l.r, l.scaling, l.B.data, l.r, l.A.data, m.inFeatures, 1, w.data, m.inFeatures);
   let bias = m.bias;
-  if (l.biasB) {
-    bias = Tensor.param(m.bias ? m.bias.data.slice() : new Float32Array(m.outFeatures), [m.outFeatures], false);
-    native.axpy(l.scaling, l.biasB.data, bias.data);
-  }
+  if (l.biasB) bias = Tensor.param(m.bias ? m.bias.data.slice() : new Float32Array(m.outFeatures), [m.outFeatures], false);
+  l.variant.mergeInto(l, w.data, l.biasB ? bias!.data : null);
   const merged = f32Weight(w);
   l.saved = { weight: m.weight, bias: m.bias, merged };
   m.weight = merged;
@@ -324,7 +384,7 @@ function mergeLayer(l: LoraLayer): void {
 }
 
 /** In place: y[r, :] += s · b (differentiable w.r.t. b and y). */
-function addScaledBias(y: Tensor, b: Tensor, s: number): Tensor {
+export function addScaledBias(y: Tensor, b: Tensor, s: number): Tensor {
   const scaled = new Float32Array(b.size);
   native.scale(b.data, s, scaled);
   native.addRow(y.data, scaled, y.rows, y.cols);

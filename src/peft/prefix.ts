@@ -158,8 +158,11 @@ export class PrefixAdapter implements AdapterMethod {
   readonly flat: Tensor | null;
   /** The reparameterisation MLP (prefix_projection while training), else null. */
   readonly mlp: PrefixMlp | null;
-  /** The flat prefix of the current forward (computed once by the input hook, sliced per layer). */
-  private current: Tensor | null = null;
+  /**
+   * The flat prefix of each forward, by its context (computed once by the input hook, sliced per
+   * layer — also when a checkpointed block is recomputed in backward).
+   */
+  private current = new WeakMap<ForwardContext, Tensor>();
 
   /**
    * `inference` (a loaded adapter, or inference_mode) holds the flat prefix even with
@@ -250,18 +253,17 @@ export class PrefixAdapter implements AdapterMethod {
   }
 
   /** Shifts real-token positions by P (HF: arange(T) + cache length, or passed ids + num_virtual_tokens). */
-  input(embeds: Tensor, batch: Batch, _ctx: ForwardContext): { embeds: Tensor; batch: Batch } {
-    this.current = this.computeFlat();
+  input(embeds: Tensor, batch: Batch, ctx: ForwardContext): { embeds: Tensor; batch: Batch } {
+    this.current.set(ctx, this.computeFlat());
     const base = batch.positions ?? defaultPositions(batch.B, batch.T);
     const positions = new Int32Array(base.length);
     for (let i = 0; i < base.length; i++) positions[i] = base[i] + this.P;
     return { embeds, batch: { ...batch, positions } };
   }
 
-  prefix(layer: DecoderLayer, _ctx: ForwardContext, B: number): { k: Tensor; v: Tensor; P: number } {
-    const flat = this.current ?? this.computeFlat();
-    // the last layer drops the reference: the next forward's input hook computes a fresh one
-    if (layer.index === this.cfg.num_layers - 1) this.current = null;
+  prefix(layer: DecoderLayer, ctx: ForwardContext, B: number): { k: Tensor; v: Tensor; P: number } {
+    let flat = this.current.get(ctx);
+    if (!flat) this.current.set(ctx, (flat = this.computeFlat()));
     const td = this.cfg.token_dim;
     const k = sliceCols(flat, 2 * layer.index * td, td);
     const v = sliceCols(flat, (2 * layer.index + 1) * td, td);

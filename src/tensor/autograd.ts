@@ -7,7 +7,7 @@
  * received none) and ACCUMULATES into its inputs' gradients. Frozen tensors (requiresGrad false)
  * never get a gradient buffer, so e.g. a frozen weight costs no weight-gradient GEMM.
  */
-import { allocF32, releaseF32 } from './pool.js';
+import { allocF32Like, releaseF32 } from './pool.js';
 import { Tensor } from './tensor.js';
 
 interface Node {
@@ -27,6 +27,17 @@ export function isRecording(): boolean {
 export function noGrad<T>(fn: () => T): T {
   const prev = recording;
   recording = false;
+  try {
+    return fn();
+  } finally {
+    recording = prev;
+  }
+}
+
+/** Runs fn with recording on (e.g. a checkpointed block recomputed inside backward); restores the mode after. */
+export function enableGrad<T>(fn: () => T): T {
+  const prev = recording;
+  recording = true;
   try {
     return fn();
   } finally {
@@ -59,11 +70,12 @@ function root(t: Tensor): Tensor {
 
 /**
  * The gradient buffer of t (zero-initialised on first use): pooled for intermediates, a plain
- * persistent buffer for leaves (parameters), which the optimiser zeroes between steps.
+ * persistent buffer for leaves (parameters), which the optimiser zeroes between steps. An
+ * intermediate's gradient lives in the same arena as its data (see allocF32Like).
  */
 export function gradOf(t: Tensor): Float32Array {
   const r = root(t);
-  if (!r.grad) r.grad = r.isLeaf ? new Float32Array(r.size) : allocF32(r.size, true);
+  if (!r.grad) r.grad = r.isLeaf ? new Float32Array(r.size) : allocF32Like(r.data, r.size, true);
   return r.grad;
 }
 
@@ -115,4 +127,30 @@ export function backward(out: Tensor, seed?: Float32Array): void {
 /** Discards recorded ops without running them (e.g. after an evaluation forward with recording on). */
 export function clearTape(): void {
   tape = [];
+}
+
+/**
+ * Runs fn with an empty tape of its own and returns what it recorded, restoring the enclosing
+ * tape afterwards (for gradient checkpointing: a block's forward is recorded apart, then either
+ * dropped or back-propagated on its own).
+ */
+export function withOwnTape<T>(fn: () => T): { value: T; nodes: number } {
+  const outer = tape;
+  tape = [];
+  try {
+    const value = fn();
+    return { value, nodes: tape.length };
+  } finally {
+    tape = outer;
+  }
+}
+
+/**
+ * Appends a node to the current tape directly (the checkpoint op: its inputs are not known
+ * in advance, so `record`'s input test does not apply). Marks out as requiring a gradient.
+ */
+export function recordNode(out: Tensor, backwardFn: (gOut: Float32Array) => void): Tensor {
+  out.requiresGrad = true;
+  tape.push({ out, backward: backwardFn });
+  return out;
 }

@@ -1,6 +1,7 @@
 export { Tensor } from './tensor.js';
-export { backward, clearTape, gradIfAny, gradOf, isRecording, noGrad, record } from './autograd.js';
-export { allocF32, poolIdleBytes, trimPool, withArena } from './pool.js';
+export { backward, clearTape, enableGrad, gradIfAny, gradOf, isRecording, noGrad, record } from './autograd.js';
+export { checkpoint, type ReplayState } from './checkpoint.js';
+export { allocF32, poolIdleBytes, releaseF32, trimPool, withArena } from './pool.js';
 export { f32Weight, gemmWeight, weightBytes, weightTensor, weightToF32, type Weight, type WeightData } from './weight.js';
 export { linear, linearAccumulate } from './ops/linear.js';
 export { layernorm, rmsnorm } from './ops/norm.js';

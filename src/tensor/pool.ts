@@ -32,7 +32,23 @@ const arenas: Arena[] = [];
  * the arena ends; outside any arena it is never returned to the pool (plain allocation).
  */
 export function allocF32(n: number, zero = false): Float32Array {
-  const arena = arenas[arenas.length - 1];
+  return allocIn(arenas[arenas.length - 1], n, zero);
+}
+
+/**
+ * A pooled Float32Array of length n that lives as long as `owner` (a pooled buffer, or a view of
+ * one): allocated in the arena that holds owner, or in the innermost arena when owner is not
+ * pooled. Gradients use it, so a tensor's gradient is never freed before the tensor itself —
+ * e.g. when a recomputed (checkpointed) block, running in a nested arena, accumulates into the
+ * gradient of a tensor of the enclosing forward.
+ */
+export function allocF32Like(owner: Float32Array, n: number, zero = false): Float32Array {
+  const live = liveBase.get(owner.buffer);
+  const arena = live && arenas.includes(live.arena) ? live.arena : arenas[arenas.length - 1];
+  return allocIn(arena, n, zero);
+}
+
+function allocIn(arena: Arena | undefined, n: number, zero: boolean): Float32Array {
   if (!arena) return new Float32Array(n);
   const cls = sizeClass(n);
   const list = free.get(cls);

@@ -10,8 +10,9 @@ import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { readRegularFile } from '../io/files.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import type { CausalLM } from '../models/llama.js';
+import { setGradientCheckpointing, type CausalLM } from '../models/llama.js';
 import { loadModel } from '../models/load.js';
+import { setComputeDtype, type ComputeDtype } from '../models/compute-dtype.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, loadAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
 import type { AdapterMethod, NamedTensor } from '../peft/types.js';
@@ -38,6 +39,8 @@ export const DEFAULT_LR: Record<MethodName, number> = {
 
 export interface TrainRunOptions extends Partial<TrainOptions> {
   model?: string;
+  /** 'bf16': frozen base weights multiply in bfloat16 with VDPBF16PS (models/compute-dtype.ts); default 'float32'. */
+  computeDtype?: ComputeDtype;
   data: string;
   valData?: string;
   valFraction?: number;
@@ -48,6 +51,8 @@ export interface TrainRunOptions extends Partial<TrainOptions> {
   loraDropout?: number;
   targetModules?: string | string[];
   useRslora?: boolean;
+  /** DoRA (weight-decomposed LoRA; PEFT use_dora) instead of plain LoRA. */
+  useDora?: boolean;
   modulesToSave?: string[];
   initLoraWeights?: boolean | 'gaussian';
   /** QLoRA base */
@@ -99,6 +104,8 @@ export interface TrainRunOptions extends Partial<TrainOptions> {
   precomputeRefLogps?: boolean;
   /** Cap on validation examples scored at each evaluation (0 = all). */
   maxEvalExamples?: number;
+  /** Recompute each decoder block in backward instead of keeping its activations (less memory, ~1 more forward). */
+  gradientCheckpointing?: boolean;
 }
 
 export interface RunEvents {
@@ -146,7 +153,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   }
   // a bitsandbytes 4-bit checkpoint (e.g. from `peft quantize`) is a QLoRA base as it is
   const model = isBnb4bitCheckpoint(dir) ? loadBnbCheckpoint(dir)
-    : method === 'qlora' ? loadModelQuantized(dir, { quantType: o.quantType ?? 'nf4' }) : loadModel(dir);
+    : method === 'qlora' ? loadModelQuantized(dir, { quantType: o.quantType ?? 'nf4', dtype: 'auto' }) : loadModel(dir);
   const peft = new PeftModel(model);
   const seed = o.seed ?? 0;
   const common = { base_model_name_or_path: baseName };
@@ -168,6 +175,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
         lora_dropout: o.loraDropout ?? 0.05,
         target_modules: o.targetModules ?? 'all-linear',
         use_rslora: o.useRslora ?? false,
+        use_dora: o.useDora ?? false,
         modules_to_save: o.modulesToSave ?? null,
         init_lora_weights: o.initLoraWeights ?? true,
       }, 'training options'), seed);
@@ -223,6 +231,11 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   let peakRss = rss();
   const setup = setupMethod(o);
   const { model, tokenizer, peft, params } = setup;
+  if (o.computeDtype && o.computeDtype !== 'float32') {
+    const c = setComputeDtype(model, o.computeDtype);
+    setup.summary += `\ncompute dtype: ${o.computeDtype} (${c.bf16} frozen linear weights multiply in bf16 with VDPBF16PS, ${c.other} stay as they are)`;
+  }
+  setGradientCheckpointing(model, o.gradientCheckpointing ?? false);
   const maxSeqLength = o.maxSeqLength ?? 256;
   const dataset = loadDataset(o.data, tokenizer, {
     maxSeqLength, textSplit: o.textSplit, skipBadLines: o.skipBadLines, valFraction: o.valData ? undefined : (o.valFraction ?? 0.05),
