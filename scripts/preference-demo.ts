@@ -64,13 +64,13 @@ const md = [
   'Own metrics: each objective\'s held-out loss and TRL metrics (DPO/IPO/KTO rewards are β·log-ratios to the run\'s reference,',
   'ORPO/SimPO rewards β·mean log-prob). Against base: DPO\'s implicit reward (β 0.1) of the trained policy vs the base model, the same',
   'yardstick for every run. Own preference: share of held-out pairs whose chosen completion has the higher summed log-prob under the',
-  'policy (0.01 for the base model).',
+  'policy (0.01 for the base model; sft+dpo starts from the SFT adapter).',
   '',
   '| run | lr | reference | held-out loss | rewards/accuracies (own) | rewards/margins (own) | rewards/accuracies, margins vs base | own preference | TinyStories ppl | time |',
   '|---|---:|---|---|---|---|---|---|---|---:|',
   ...rows.map((r) => {
     const b = r.before as Record<string, number>, a = r.after as Record<string, number>, v = r.vs_base as Record<string, number>, f = r.forgetting_ppl as number[] | null;
-    return `| ${r.run} | ${r.lr} | ${r.reference} | ${fmt(b.loss)} → ${fmt(a.loss)} | ${fmt(b[keys[0]], 2)} → ${fmt(a[keys[0]], 2)} | ${fmt(b['rewards/margins'])} → ${fmt(a['rewards/margins'])} | ${fmt(v['rewards/accuracies'], 2)}, ${fmt(v['rewards/margins'])} | 0.01 → ${fmt(v['logps/accuracies'], 2)} | ${f ? `${fmt(f[0], 2)} → ${fmt(f[1], 2)}` : '–'} | ${(r.seconds as number).toFixed(0)} s |`;
+    return `| ${r.run} | ${r.lr} | ${r.reference} | ${fmt(b.loss)} → ${fmt(a.loss)} | ${fmt(b[keys[0]], 2)} → ${fmt(a[keys[0]], 2)} | ${fmt(b['rewards/margins'])} → ${fmt(a['rewards/margins'])} | ${fmt(v['rewards/accuracies'], 2)}, ${fmt(v['rewards/margins'])} | ${fmt(b['logps/accuracies'] ?? 1 / 96, 2)} → ${fmt(v['logps/accuracies'], 2)} | ${f ? `${fmt(f[0], 2)} → ${fmt(f[1], 2)}` : '–'} | ${(r.seconds as number).toFixed(0)} s |`;
   }),
   '',
   `SFT step of sft+dpo (${steps} steps on the tales' text): TinyStories ppl ${sftPpl ? `${fmt(sftPpl[0], 2)} → ${fmt(sftPpl[1], 2)}` : '–'}; its DPO "before" is the SFT adapter.`,
