@@ -10,8 +10,8 @@
  * Several active IA3 adapters multiply their scalings, as PEFT does.
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM, ForwardContext, LinearModule } from '../models/llama.js';
-import { linearModules } from '../models/llama.js';
+import type { CausalLM, ForwardContext, LinearModule } from '../models/model.js';
+import { linearModules } from '../models/model.js';
 import { native } from '../native/index.js';
 import { f32Weight, mulFeatures, Tensor, weightToF32, type Weight } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
@@ -39,19 +39,6 @@ export interface Ia3Config {
   revision: string | null;
 }
 
-/** PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING (the model families this project loads). */
-export const DEFAULT_IA3_TARGETS: Record<string, string[]> = {
-  llama: ['k_proj', 'v_proj', 'down_proj'],
-  mistral: ['k_proj', 'v_proj', 'down_proj'],
-  qwen2: ['q_proj', 'v_proj', 'down_proj'],
-};
-
-/** PEFT's TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING. */
-export const DEFAULT_IA3_FEEDFORWARD: Record<string, string[]> = {
-  llama: ['down_proj'],
-  mistral: ['down_proj'],
-  qwen2: ['down_proj'],
-};
 
 /** Validates an IA3 config (adapter_config.json or user options), filling PEFT's defaults. */
 export function parseIa3Config(raw: Record<string, unknown>, file = 'IA3 config'): Ia3Config {
@@ -104,8 +91,9 @@ export class Ia3Adapter implements AdapterMethod {
 
   constructor(readonly model: CausalLM, readonly cfg: Ia3Config, seed = 0, file = 'IA3 config') {
     const mt = model.config.modelType;
-    const targets = cfg.target_modules ?? DEFAULT_IA3_TARGETS[mt];
-    let ff = cfg.feedforward_modules ?? DEFAULT_IA3_FEEDFORWARD[mt];
+    // PEFT's TRANSFORMERS_MODELS_TO_IA3_{TARGET,FEEDFORWARD}_MODULES_MAPPING, from the architecture family
+    const targets = cfg.target_modules ?? model.family.peft?.ia3;
+    let ff = cfg.feedforward_modules ?? model.family.peft?.ia3Feedforward;
     // with explicit targets, the default feedforward modules are those of them (PEFT requires a subset)
     if (cfg.feedforward_modules === null && cfg.target_modules !== null && Array.isArray(targets) && Array.isArray(ff)) ff = ff.filter((m) => targets.includes(m));
     if (Array.isArray(targets) && Array.isArray(ff) && ff.some((m) => !targets.includes(m)))

@@ -9,8 +9,8 @@
  * - modules in `modules_to_save` and `exclude_modules` are never targeted.
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM, LinearModule } from '../models/llama.js';
-import { linearModules } from '../models/llama.js';
+import type { CausalLM, LinearModule } from '../models/model.js';
+import { linearModules } from '../models/model.js';
 
 /** Longest pattern compiled from a config (module names are < 200 characters; a 100,000-character regex is an attack). */
 const MAX_PATTERN_LENGTH = 4096;

@@ -10,7 +10,7 @@ import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { assertRegularIfExists, readRegularFile } from '../io/files.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import { setGradientCheckpointing, type CausalLM } from '../models/llama.js';
+import { decoderLinears, setGradientCheckpointing, type CausalLM } from '../models/model.js';
 import { loadModel } from '../models/load.js';
 import { setComputeDtype, type ComputeDtype } from '../models/compute-dtype.js';
 import { DEFAULT_MODEL } from '../paths.js';
@@ -216,7 +216,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
 }
 
 function linearModulesQuantized(model: CausalLM): boolean {
-  return model.layers.some((l) => l.q.weight.data.kind === 'q4');
+  return decoderLinears(model).some((m) => m.weight.data.kind === 'q4');
 }
 
 /** Writes the trained result: the adapter (PEFT methods) or a full model directory. */

@@ -86,9 +86,9 @@ describe('safetensors: data not 8-byte aligned (valid files from other writers)'
     const before = loadBnbCheckpoint(join(dir, 'q'));
     misalignFile(join(dir, 'q', 'model.safetensors'));
     const after = loadBnbCheckpoint(join(dir, 'q'));
-    const a = before.layers[0].q.weight.data, b = after.layers[0].q.weight.data;
+    const a = before.layers[0].linears.q.weight.data, b = after.layers[0].linears.q.weight.data;
     expect(a.kind).toBe('q4');
-    expect(JSON.stringify(after.layers.map((l) => l.q.weight.rows))).toBe(JSON.stringify(before.layers.map((l) => l.q.weight.rows)));
+    expect(JSON.stringify(after.layers.map((l) => l.linears.q.weight.rows))).toBe(JSON.stringify(before.layers.map((l) => l.linears.q.weight.rows)));
     const absA = (a as unknown as { q4: { packed: Uint8Array } }).q4, absB = (b as unknown as { q4: { packed: Uint8Array } }).q4;
     expect(Buffer.compare(Buffer.from(absA.packed), Buffer.from(absB.packed))).toBe(0);
   });
