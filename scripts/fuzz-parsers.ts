@@ -29,9 +29,9 @@ import { PeftError } from '../src/errors.js';
 import { readSafetensorsFile, serializeSafetensors, toFloat32 } from '../src/io/safetensors.js';
 import { ggufTensorF32, readGgufFile } from '../src/io/gguf.js';
 import { loadTokenizer, type Tokenizer } from '../src/io/tokenizer.js';
-import { loadConfig } from '../src/models/config.js';
+import { loadConfig } from '../src/models/registry.js';
 import { loadModel } from '../src/models/load.js';
-import type { CausalLM } from '../src/models/llama.js';
+import type { CausalLM } from '../src/models/model.js';
 import { createBottleneckAdapter, loadAdapter, PeftModel, saveAdapter } from '../src/peft/index.js';
 import { loadBnbCheckpoint, saveQuantizedCheckpoint } from '../src/quant/bnb-checkpoint.js';
 import { loadModelQuantized } from '../src/quant/quantize-model.js';
@@ -438,7 +438,7 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
       }
       const m = loadBnbCheckpoint(scratch);
       const c = loadConfig(STORIES);
-      if (m.layers.length !== c.numLayers || m.layers[0].q.weight.rows !== c.numHeads * c.headDim || m.layers[0].q.weight.cols !== c.hiddenSize)
+      if (m.layers.length !== c.numLayers || m.layers[0].linears.q.weight.rows !== c.numHeads * c.headDim || m.layers[0].linears.q.weight.cols !== c.hiddenSize)
         silent('loaded 4-bit model does not have the config\'s shapes');
       return { file: f, how };
     }

@@ -16,7 +16,7 @@
  */
 import { PeftError } from '../errors.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import type { Batch, CausalLM, ForwardContext } from '../models/llama.js';
+import type { Batch, CausalLM, ForwardContext } from '../models/model.js';
 import { concatSeq, repeatBatch, Tensor, weightToF32 } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { registerAdapterLoader } from './registry.js';
@@ -106,6 +106,9 @@ function embeddingRows(model: CausalLM, ids: number[]): Float32Array {
     if (e.kind === 'f32') out.set(e.tensor.data.subarray(id * H, (id + 1) * H), i * H);
     else out.set(weightToF32({ rows: 1, cols: H, data: { kind: 'bf16', bits: e.bits.subarray(id * H, (id + 1) * H) } }), i * H);
   });
+  // PEFT initialises from the model's word-embedding module, which scales (Gemma: √hidden)
+  const s = model.config.embedScale;
+  if (s !== null) for (let i = 0; i < out.length; i++) out[i] = Math.fround(out[i] * s);
   return out;
 }
 

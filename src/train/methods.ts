@@ -3,8 +3,8 @@
  * weight of the base model (the baseline PEFT is compared against); the PEFT methods train one
  * adapter of a PeftModel while the base stays frozen.
  */
-import type { Batch, CausalLM, ForwardContext } from '../models/llama.js';
-import { forwardHidden, lmLoss, namedParameters } from '../models/llama.js';
+import type { Batch, CausalLM, ForwardContext } from '../models/model.js';
+import { decoderLinears, forwardHidden, lmLoss, namedParameters } from '../models/model.js';
 import { PeftError } from '../errors.js';
 import type { NamedTensor } from '../peft/types.js';
 import type { LossResult } from '../tensor/index.js';
@@ -78,7 +78,7 @@ export function batchLoss(model: CausalLM, lb: LabelledBatch, gradScale: number,
 /** Every base weight trainable (full fine-tuning); requires float32 weights. */
 export function fullFineTuneParameters(model: CausalLM): NamedTensor[] {
   const params = namedParameters(model).map((p) => ({ name: p.name, tensor: p.tensor }));
-  const frozen = model.layers.some((l) => [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].some((m) => m.weight.data.kind !== 'f32'));
+  const frozen = decoderLinears(model).some((m) => m.weight.data.kind !== 'f32');
   if (frozen || model.embedTokens.kind !== 'f32')
     throw new PeftError('full fine-tuning needs float32 weights; load the model with dtype float32 (not quantized or bfloat16)');
   for (const p of params) p.tensor.requiresGrad = true;

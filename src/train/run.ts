@@ -8,9 +8,9 @@ import { accessSync, appendFileSync, constants as fsConstants, existsSync, mkdir
 import { basename, dirname, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
-import { readRegularFile } from '../io/files.js';
+import { assertRegularIfExists, readRegularFile } from '../io/files.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import { setGradientCheckpointing, type CausalLM } from '../models/llama.js';
+import { decoderLinears, setGradientCheckpointing, type CausalLM } from '../models/model.js';
 import { loadModel } from '../models/load.js';
 import { setComputeDtype, type ComputeDtype } from '../models/compute-dtype.js';
 import { DEFAULT_MODEL } from '../paths.js';
@@ -147,6 +147,8 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   const dir = o.model ?? DEFAULT_MODEL;
   const method = o.method ?? 'lora';
   if (!METHODS.includes(method)) throw new PeftError('unknown method', { field: '--method', expected: METHODS.join(', '), found: method });
+  // a FIFO or device named config.json would block the model reader; refuse it by name first
+  assertRegularIfExists(join(dir, 'config.json'), 'config.json');
   const tokenizer = loadTokenizer(dir);
   const baseName = o.model ?? basename(DEFAULT_MODEL);
   if (method === 'full') {
@@ -214,7 +216,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
 }
 
 function linearModulesQuantized(model: CausalLM): boolean {
-  return model.layers.some((l) => l.q.weight.data.kind === 'q4');
+  return decoderLinears(model).some((m) => m.weight.data.kind === 'q4');
 }
 
 /** Writes the trained result: the adapter (PEFT methods) or a full model directory. */

@@ -13,7 +13,7 @@ import { createPromptAdapter, loadAdapter, PeftModel, saveAdapter } from '../../
 import { evaluate } from '../../src/train/evaluate.js';
 import { collate } from '../../src/train/data/batching.js';
 import { batchLoss, firstTargetCount } from '../../src/train/methods.js';
-import { defaultContext } from '../../src/models/llama.js';
+import { defaultContext } from '../../src/models/model.js';
 import { noGrad, withArena } from '../../src/tensor/index.js';
 import { FIXTURES, readJson, ROOT, STORIES } from '../helpers.js';
 

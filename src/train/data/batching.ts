@@ -8,7 +8,7 @@
  * teaches the first token of the next example), and padding is unlabelled.
  */
 import { PeftError } from '../../errors.js';
-import type { Batch } from '../../models/llama.js';
+import type { Batch } from '../../models/model.js';
 
 /** Label of a row that is not learned (padding, prompt, last token of an example). */
 export const IGNORE_LABEL = -100;
