@@ -10,7 +10,7 @@
  * a vocabulary of another size is named as such (the adapter belongs to a resized base).
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { weightToF32 } from '../tensor/index.js';
 import type { TensorMap } from './registry.js';
 

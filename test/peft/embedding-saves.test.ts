@@ -12,7 +12,7 @@ import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readSafetensorsFile, toFloat32, writeSafetensorsFile } from '../../src/io/safetensors.js';
-import { forwardHidden, lmLogits, type CausalLM } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits, type CausalLM } from '../../src/models/model.js';
 import { loadModel } from '../../src/models/load.js';
 import { loadAdapter, LoraAdapter, PeftModel } from '../../src/peft/index.js';
 import { noGrad, withArena } from '../../src/tensor/index.js';
