@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cpu_features.h"
 #include "gemm/gemm.h"
 #include "ops/ops.h"
 #include "threadpool.h"
@@ -97,6 +98,30 @@ Napi::Value KernelName(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), peft::gemm_kernel_name());
 }
 
+// {level, gemm, bf16Dot, envInvalid, cpu: {avx2, fma, ...}}: what the CPU-feature probe found and
+// what PEFT_KERNELS left in use.
+Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const peft::CpuFeatures& f = peft::cpu_features();
+  Napi::Object cpu = Napi::Object::New(env);
+  cpu.Set("avx2", f.avx2);
+  cpu.Set("fma", f.fma);
+  cpu.Set("f16c", f.f16c);
+  cpu.Set("avx512f", f.avx512f);
+  cpu.Set("avx512bw", f.avx512bw);
+  cpu.Set("avx512vl", f.avx512vl);
+  cpu.Set("avx512dq", f.avx512dq);
+  cpu.Set("avx512_vnni", f.avx512_vnni);
+  cpu.Set("avx512_bf16", f.avx512_bf16);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("level", peft::kernel_level_name(peft::kernel_level()));
+  o.Set("gemm", peft::gemm_kernel_name());
+  o.Set("bf16Dot", peft::bf16_dot_available());
+  o.Set("envInvalid", peft::kernel_env_invalid());
+  o.Set("cpu", cpu);
+  return o;
+}
+
 // ---- GEMM ---------------------------------------------------------------------------------------------
 struct GemmArgs {
   bool ta, tb;
@@ -152,6 +177,22 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   if (g.tb ? ldb < g.K : ldb < g.N) range_error(env, "ldb too small for op(B)");
   need(env, bn, g.tb ? span(g.N, g.K, ldb) : span(g.K, g.N, ldb), "B");
   peft::gemm(g.ta, g.M, g.N, g.K, g.alpha, g.A.p, g.lda, w, g.beta, g.C.p, g.ldc);
+  return env.Undefined();
+}
+
+// gemmBf16Dot(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); B: Uint16Array (bfloat16
+// bits) multiplied with VDPBF16PS, A rounded to bf16 (see gemm.h gemm_bf16_dot). transA must be false.
+// Throws when the CPU (or PEFT_KERNELS) does not allow the bf16 dot-product path.
+Napi::Value GemmBf16Dot(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  GemmArgs g = gemm_common(info, 10);
+  int64_t ldb = integer(info[9], "ldb", 1);
+  U16 b = u16(info[8], "B");
+  if (g.ta) range_error(env, "gemmBf16Dot: transA must be false");
+  if (g.tb ? ldb < g.K : ldb < g.N) range_error(env, "ldb too small for op(B)");
+  need(env, b.n, g.tb ? span(g.N, g.K, ldb) : span(g.K, g.N, ldb), "B");
+  if (!peft::gemm_bf16_dot(g.M, g.N, g.K, g.alpha, g.A.p, g.lda, b.p, ldb, g.tb, g.beta, g.C.p, g.ldc))
+    range_error(env, "gemmBf16Dot: this CPU has no AVX512_BF16 (VDPBF16PS), or PEFT_KERNELS is below avx512");
   return env.Undefined();
 }
 
@@ -599,8 +640,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("numThreads", NumThreads);
   def("setNumThreads", SetNumThreads);
   def("kernelName", KernelName);
+  def("kernelInfo", KernelInfo);
   def("gemm", Gemm);
   def("gemmQ4", GemmQ4);
+  def("gemmBf16Dot", GemmBf16Dot);
   def("dequantQ4", DequantQ4);
   def("embeddingForward", EmbeddingForward);
   def("embeddingBackward", EmbeddingBackward);

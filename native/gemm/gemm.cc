@@ -7,16 +7,15 @@
 #include <memory>
 #include <string>
 
+#include "../cpu_features.h"
 #include "../threadpool.h"
 #include "kernels.h"
 
 namespace peft {
 namespace {
 
-constexpr int MR = GEMM_MR;
-constexpr int NR = GEMM_NR;
-// Blocking for AVX2 cores with 32 KiB L1d / 512 KiB L2 (tuned on Zen 3 with bench/gemm.ts):
-// (overridable at compile time for tuning: -DPEFT_GEMM_KC=… etc.)
+// Blocking (overridable at compile time for tuning: -DPEFT_GEMM_KC=… etc.). 6x16 kernels: tuned
+// on Zen 3 (32 KiB L1d / 512 KiB L2) with bench/gemm.ts; 14x32 AVX-512: tuned on Zen 4 (1 MiB L2).
 #ifndef PEFT_GEMM_KC
 #define PEFT_GEMM_KC 384
 #endif
@@ -26,36 +25,38 @@ constexpr int NR = GEMM_NR;
 #ifndef PEFT_GEMM_NC
 #define PEFT_GEMM_NC 2048
 #endif
-constexpr int64_t KC_MAX = PEFT_GEMM_KC;  // kc x NR panel of B (24 KiB) stays in L1
-constexpr int64_t MC_MAX = PEFT_GEMM_MC;  // MC x KC block of A (144 KiB) stays in L2
-constexpr int64_t NC_MAX = PEFT_GEMM_NC;  // KC x NC panel of B (3 MiB) stays in L3
-
-MicroKernel pick_kernel() {
-  // PEFT_KERNELS=generic forces the portable kernels (to test that path on an AVX2 machine)
-  const char* force = std::getenv("PEFT_KERNELS");
-  if (force && std::string(force) == "generic") return micro_kernel_generic;
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return micro_kernel_avx2;
+#ifndef PEFT_GEMM512_KC
+#define PEFT_GEMM512_KC 256
 #endif
-  return micro_kernel_generic;
-}
-
-MicroKernel kernel() {
-  static const MicroKernel k = pick_kernel();
-  return k;
-}
-
-using TransposePack = void (*)(const float* s, int64_t ld, int64_t kc, float* d);
-
-TransposePack transpose_pack() {
-  static const TransposePack t = [] {
-#if defined(__x86_64__) || defined(__i386__)
-    if (kernel() == micro_kernel_avx2) return &pack_rows_transposed_avx2;
+#ifndef PEFT_GEMM512_MC
+#define PEFT_GEMM512_MC 168
 #endif
-    return &pack_rows_transposed_generic;
+#ifndef PEFT_GEMM512_NC
+#define PEFT_GEMM512_NC 2048
+#endif
+
+const GemmKernels kGeneric = {"generic-6x16", micro_kernel_generic, pack_rows_transposed_generic,
+                              widen_bf16_generic, decode_q4_generic, PEFT_GEMM_KC, PEFT_GEMM_MC, PEFT_GEMM_NC};
+#if defined(__x86_64__) || defined(__i386__)
+const GemmKernels kAvx2 = {"avx2-fma-6x16", micro_kernel_avx2, pack_rows_transposed_avx2,
+                           widen_bf16_generic, decode_q4_generic, PEFT_GEMM_KC, PEFT_GEMM_MC, PEFT_GEMM_NC};
+const GemmKernels kAvx512 = {"avx512-14x32", micro_kernel_avx512, pack_rows_transposed_avx512,
+                             widen_bf16_avx512, decode_q4_avx512, PEFT_GEMM512_KC, PEFT_GEMM512_MC,
+                             PEFT_GEMM512_NC};
+#endif
+
+const GemmKernels& kernels() {
+  static const GemmKernels* k = [] {
+#if defined(__x86_64__) || defined(__i386__)
+    switch (kernel_level()) {
+      case KernelLevel::Avx512: return &kAvx512;
+      case KernelLevel::Avx2: return &kAvx2;
+      default: break;
+    }
+#endif
+    return &kGeneric;
   }();
-  return t;
+  return *k;
 }
 
 // 64-byte aligned scratch buffer owned by each thread, grown on demand.
@@ -77,176 +78,147 @@ struct Scratch {
 
 thread_local Scratch a_scratch, b_scratch, row_scratch;
 
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// Decodes `count` consecutive 4-bit elements starting at flat index idx into out[e * stride].
-void decode_q4(const Q4Matrix& q, int64_t idx, int64_t count, float* out, int64_t stride) {
-  int64_t end = idx + count;
-  while (idx < end) {
-    int64_t b = idx / q.blocksize;
-    int64_t stop = std::min(end, (b + 1) * q.blocksize);
-    float s = q.block_absmax(b);
-    float lut[16];
-    for (int i = 0; i < 16; ++i) lut[i] = q.code[i] * s;
-    for (; idx < stop; ++idx) {
-      uint8_t byte = q.packed[idx >> 1];
-      *out = lut[(idx & 1) ? (byte & 15) : (byte >> 4)];
-      out += stride;
+// The blocked algorithm for one micro-tile shape.
+template <int MR, int NR>
+struct Blocked {
+  // Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column micro-panels (zero-padded), panel p at dst + p*kc*NR.
+  static void pack_b(const GemmKernels& ks, const WeightRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                     float* dst) {
+    for (int64_t jp = 0; jp < nc; jp += NR) {
+      int64_t nr = std::min<int64_t>(NR, nc - jp);
+      float* d = dst + (jp / NR) * kc * NR;
+      int64_t j = j0 + jp;
+      if (nr < NR) std::memset(d, 0, sizeof(float) * kc * NR);
+      switch (B.kind) {
+        case WeightKind::F32: {
+          const float* s = static_cast<const float*>(B.data);
+          if (!B.trans) {
+            for (int64_t k = 0; k < kc; ++k) std::memcpy(d + k * NR, s + (k0 + k) * B.ld + j, sizeof(float) * nr);
+          } else if (nr == NR) {
+            ks.pack_t(s + j * B.ld + k0, B.ld, kc, d);
+          } else {
+            for (int64_t jj = 0; jj < nr; ++jj) {
+              const float* row = s + (j + jj) * B.ld + k0;
+              for (int64_t k = 0; k < kc; ++k) d[k * NR + jj] = row[k];
+            }
+          }
+          break;
+        }
+        case WeightKind::BF16: {
+          const uint16_t* s = static_cast<const uint16_t*>(B.data);
+          if (!B.trans) {
+            for (int64_t k = 0; k < kc; ++k) ks.widen(s + (k0 + k) * B.ld + j, nr, d + k * NR);
+          } else {
+            // widen the rows into a row-major tile, then transpose it into the panel
+            float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
+            if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
+            for (int64_t jj = 0; jj < nr; ++jj) ks.widen(s + (j + jj) * B.ld + k0, kc, tmp + jj * kc);
+            ks.pack_t(tmp, kc, kc, d);
+          }
+          break;
+        }
+        case WeightKind::Q4: {
+          const Q4Matrix& q = *B.q4;
+          if (B.trans) {  // op(B)[k][j] = W[j][k]: decode each row segment, then transpose the tile
+            float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
+            if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
+            for (int64_t jj = 0; jj < nr; ++jj) ks.decode(q, (j + jj) * q.cols + k0, kc, tmp + jj * kc);
+            ks.pack_t(tmp, kc, kc, d);
+          } else {  // op(B)[k][j] = W[k][j]
+            for (int64_t k = 0; k < kc; ++k) ks.decode(q, (k0 + k) * q.cols + j, nr, d + k * NR);
+          }
+          break;
+        }
+      }
     }
   }
-}
 
-// Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column micro-panels (zero-padded), panel p at dst + p*kc*NR.
-void pack_b(const WeightRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst) {
-  for (int64_t jp = 0; jp < nc; jp += NR) {
-    int64_t nr = std::min<int64_t>(NR, nc - jp);
-    float* d = dst + (jp / NR) * kc * NR;
-    int64_t j = j0 + jp;
-    if (nr < NR) std::memset(d, 0, sizeof(float) * kc * NR);
-    switch (B.kind) {
-      case WeightKind::F32: {
-        const float* s = static_cast<const float*>(B.data);
-        if (!B.trans) {
-          for (int64_t k = 0; k < kc; ++k) std::memcpy(d + k * NR, s + (k0 + k) * B.ld + j, sizeof(float) * nr);
-        } else if (nr == NR) {
-          transpose_pack()(s + j * B.ld + k0, B.ld, kc, d);
-        } else {
-          for (int64_t jj = 0; jj < nr; ++jj) {
-            const float* row = s + (j + jj) * B.ld + k0;
-            for (int64_t k = 0; k < kc; ++k) d[k * NR + jj] = row[k];
-          }
-        }
-        break;
-      }
-      case WeightKind::BF16: {
-        const uint16_t* s = static_cast<const uint16_t*>(B.data);
-        if (!B.trans) {
+  // Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row micro-panels (zero-padded), panel p at dst + p*kc*MR.
+  static void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+                     float* dst) {
+    for (int64_t ip = 0; ip < mc; ip += MR) {
+      int64_t mr = std::min<int64_t>(MR, mc - ip);
+      float* d = dst + (ip / MR) * kc * MR;
+      int64_t i = i0 + ip;
+      if (!trans_a) {
+        if (mr == MR) {
+          const float* r[MR];
+          for (int ii = 0; ii < MR; ++ii) r[ii] = A + (i + ii) * lda + k0;
           for (int64_t k = 0; k < kc; ++k) {
-            const uint16_t* row = s + (k0 + k) * B.ld + j;
-            for (int64_t jj = 0; jj < nr; ++jj) d[k * NR + jj] = bf16_to_f32(row[jj]);
+            float* dk = d + k * MR;
+            for (int ii = 0; ii < MR; ++ii) dk[ii] = r[ii][k];
           }
         } else {
-          // widen the rows into a row-major tile, then transpose it into the panel
-          float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
-          if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
-          for (int64_t jj = 0; jj < nr; ++jj) {
-            const uint16_t* row = s + (j + jj) * B.ld + k0;
-            float* t = tmp + jj * kc;
-            for (int64_t k = 0; k < kc; ++k) t[k] = bf16_to_f32(row[k]);
+          std::memset(d, 0, sizeof(float) * kc * MR);
+          for (int64_t ii = 0; ii < mr; ++ii) {
+            const float* row = A + (i + ii) * lda + k0;
+            for (int64_t k = 0; k < kc; ++k) d[k * MR + ii] = row[k];
           }
-          transpose_pack()(tmp, kc, kc, d);
-        }
-        break;
-      }
-      case WeightKind::Q4: {
-        const Q4Matrix& q = *B.q4;
-        if (B.trans) {  // op(B)[k][j] = W[j][k]: decode each row segment, then transpose the tile
-          float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
-          if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
-          for (int64_t jj = 0; jj < nr; ++jj) decode_q4(q, (j + jj) * q.cols + k0, kc, tmp + jj * kc, 1);
-          transpose_pack()(tmp, kc, kc, d);
-        } else {  // op(B)[k][j] = W[k][j]
-          for (int64_t k = 0; k < kc; ++k) decode_q4(q, (k0 + k) * q.cols + j, nr, d + k * NR, 1);
-        }
-        break;
-      }
-    }
-  }
-}
-
-// Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row micro-panels (zero-padded), panel p at dst + p*kc*MR.
-void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
-            float* dst) {
-  for (int64_t ip = 0; ip < mc; ip += MR) {
-    int64_t mr = std::min<int64_t>(MR, mc - ip);
-    float* d = dst + (ip / MR) * kc * MR;
-    int64_t i = i0 + ip;
-    if (!trans_a) {
-      if (mr == MR) {
-        const float* r0 = A + (i + 0) * lda + k0;
-        const float* r1 = A + (i + 1) * lda + k0;
-        const float* r2 = A + (i + 2) * lda + k0;
-        const float* r3 = A + (i + 3) * lda + k0;
-        const float* r4 = A + (i + 4) * lda + k0;
-        const float* r5 = A + (i + 5) * lda + k0;
-        for (int64_t k = 0; k < kc; ++k) {
-          float* dk = d + k * MR;
-          dk[0] = r0[k]; dk[1] = r1[k]; dk[2] = r2[k];
-          dk[3] = r3[k]; dk[4] = r4[k]; dk[5] = r5[k];
         }
       } else {
-        std::memset(d, 0, sizeof(float) * kc * MR);
-        for (int64_t ii = 0; ii < mr; ++ii) {
-          const float* row = A + (i + ii) * lda + k0;
-          for (int64_t k = 0; k < kc; ++k) d[k * MR + ii] = row[k];
+        for (int64_t k = 0; k < kc; ++k) {
+          const float* src = A + (k0 + k) * lda + i;
+          float* dk = d + k * MR;
+          int64_t ii = 0;
+          for (; ii < mr; ++ii) dk[ii] = src[ii];
+          for (; ii < MR; ++ii) dk[ii] = 0.f;
         }
-      }
-    } else {
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* src = A + (k0 + k) * lda + i;
-        float* dk = d + k * MR;
-        int64_t ii = 0;
-        for (; ii < mr; ++ii) dk[ii] = src[ii];
-        for (; ii < MR; ++ii) dk[ii] = 0.f;
       }
     }
   }
-}
 
-// C = beta * C for the K == 0 case (beta == 0 clears without reading).
-void scale_c(int64_t m0, int64_t m1, int64_t n0, int64_t n1, float beta, float* C, int64_t ldc) {
-  for (int64_t i = m0; i < m1; ++i) {
-    float* r = C + i * ldc;
-    if (beta == 0.f) std::memset(r + n0, 0, sizeof(float) * (n1 - n0));
-    else for (int64_t j = n0; j < n1; ++j) r[j] *= beta;
+  // C = beta * C for the K == 0 case (beta == 0 clears without reading).
+  static void scale_c(int64_t m0, int64_t m1, int64_t n0, int64_t n1, float beta, float* C, int64_t ldc) {
+    for (int64_t i = m0; i < m1; ++i) {
+      float* r = C + i * ldc;
+      if (beta == 0.f) std::memset(r + n0, 0, sizeof(float) * (n1 - n0));
+      else for (int64_t j = n0; j < n1; ++j) r[j] *= beta;
+    }
   }
-}
 
-// The serial algorithm over the rectangle rows [m0, m1) x cols [n0, n1) of C.
-void gemm_rect(bool trans_a, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float alpha,
-               const float* A, int64_t lda, const WeightRef& B, float beta, float* C, int64_t ldc) {
-  if (m0 >= m1 || n0 >= n1) return;
-  if (K == 0) {
-    scale_c(m0, m1, n0, n1, beta, C, ldc);
-    return;
-  }
-  MicroKernel uk = kernel();
-  // balanced K blocks: e.g. K=576 -> 3 x 192 rather than 256+256+64
-  int64_t kblocks = (K + KC_MAX - 1) / KC_MAX;
-  int64_t kc_step = ((K + kblocks - 1) / kblocks + 7) / 8 * 8;
-  int64_t mblocks = (m1 - m0 + MC_MAX - 1) / MC_MAX;
-  int64_t mc_step = ((m1 - m0 + mblocks - 1) / mblocks + MR - 1) / MR * MR;
-  int64_t ncap = std::min<int64_t>(NC_MAX, ((n1 - n0) + NR - 1) / NR * NR);
-  float* bbuf = b_scratch.get(static_cast<size_t>(kc_step) * ncap);
-  float* abuf = a_scratch.get(static_cast<size_t>(kc_step) * mc_step);
-  for (int64_t jc = n0; jc < n1; jc += NC_MAX) {
-    int64_t nc = std::min<int64_t>(NC_MAX, n1 - jc);
-    for (int64_t pc = 0; pc < K; pc += kc_step) {
-      int64_t kc = std::min<int64_t>(kc_step, K - pc);
-      float beta_eff = pc == 0 ? beta : 1.f;
-      pack_b(B, pc, kc, jc, nc, bbuf);
-      for (int64_t ic = m0; ic < m1; ic += mc_step) {
-        int64_t mc = std::min<int64_t>(mc_step, m1 - ic);
-        pack_a(trans_a, A, lda, ic, mc, pc, kc, abuf);
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const float* bp = bbuf + (jr / NR) * kc * NR;
-          int n = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            int m = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-            uk(kc, abuf + (ir / MR) * kc * MR, bp, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_eff, m, n);
+  // The serial algorithm over the rectangle rows [m0, m1) x cols [n0, n1) of C.
+  static void rect(const GemmKernels& ks, bool trans_a, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
+                   float alpha, const float* A, int64_t lda, const WeightRef& B, float beta, float* C, int64_t ldc) {
+    if (m0 >= m1 || n0 >= n1) return;
+    if (K == 0) {
+      scale_c(m0, m1, n0, n1, beta, C, ldc);
+      return;
+    }
+    const MicroKernel uk = ks.uk;
+    const int64_t KC_MAX = ks.kc, MC_MAX = ks.mc, NC_MAX = ks.nc;
+    // balanced K blocks: e.g. K=576 -> 3 x 192 rather than 256+256+64
+    int64_t kblocks = (K + KC_MAX - 1) / KC_MAX;
+    int64_t kc_step = ((K + kblocks - 1) / kblocks + 7) / 8 * 8;
+    int64_t mblocks = (m1 - m0 + MC_MAX - 1) / MC_MAX;
+    int64_t mc_step = ((m1 - m0 + mblocks - 1) / mblocks + MR - 1) / MR * MR;
+    int64_t ncap = std::min<int64_t>(NC_MAX, ((n1 - n0) + NR - 1) / NR * NR);
+    float* bbuf = b_scratch.get(static_cast<size_t>(kc_step) * ncap);
+    float* abuf = a_scratch.get(static_cast<size_t>(kc_step) * mc_step);
+    for (int64_t jc = n0; jc < n1; jc += NC_MAX) {
+      int64_t nc = std::min<int64_t>(NC_MAX, n1 - jc);
+      for (int64_t pc = 0; pc < K; pc += kc_step) {
+        int64_t kc = std::min<int64_t>(kc_step, K - pc);
+        float beta_eff = pc == 0 ? beta : 1.f;
+        pack_b(ks, B, pc, kc, jc, nc, bbuf);
+        for (int64_t ic = m0; ic < m1; ic += mc_step) {
+          int64_t mc = std::min<int64_t>(mc_step, m1 - ic);
+          pack_a(trans_a, A, lda, ic, mc, pc, kc, abuf);
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const float* bp = bbuf + (jr / NR) * kc * NR;
+            int n = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              int m = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+              uk(kc, abuf + (ir / MR) * kc * MR, bp, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_eff, m, n);
+            }
           }
         }
       }
     }
   }
-}
+};
 
 // Chooses a tm x tn grid of threads over C minimising the largest tile plus packing work.
+template <int MR, int NR>
 void choose_grid(int64_t M, int64_t N, int64_t K, int threads, int* tm_out, int* tn_out) {
   double best = -1;
   int bm = 1, bn = 1;
@@ -270,36 +242,116 @@ void choose_grid(int64_t M, int64_t N, int64_t K, int threads, int* tm_out, int*
 
 }  // namespace
 
-const char* gemm_kernel_name() {
-#if defined(__x86_64__) || defined(__i386__)
-  if (kernel() == micro_kernel_avx2) return "avx2-fma-6x16";
-#endif
-  return "generic-6x16";
-}
+const char* gemm_kernel_name() { return kernels().name; }
 
-void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-          const WeightRef& B, float beta, float* C, int64_t ldc, bool parallel) {
-  if (M <= 0 || N <= 0) return;
+namespace {
+// Runs rect(m0, m1, n0, n1) over a grid of threads covering C[M, N] (one call when serial).
+template <int MR, int NR, typename Rect>
+void run_grid(int64_t M, int64_t N, int64_t K, bool parallel, const Rect& rect) {
   double flops = 2.0 * M * N * K;
   int threads = parallel ? num_threads() : 1;
   if (flops < 2.0e5) threads = 1;  // below ~2 us of work, threading costs more than it saves
   if (threads <= 1) {
-    gemm_rect(trans_a, 0, M, 0, N, K, alpha, A, lda, B, beta, C, ldc);
+    rect(0, M, 0, N);
     return;
   }
   int tm, tn;
-  choose_grid(M, N, K, threads, &tm, &tn);
+  choose_grid<MR, NR>(M, N, K, threads, &tm, &tn);
   parallel_run(tm * tn, [&](int tid, int nt) {
     if (nt != tm * tn) {  // pool was busy: we run alone
-      gemm_rect(trans_a, 0, M, 0, N, K, alpha, A, lda, B, beta, C, ldc);
+      rect(0, M, 0, N);
       return;
     }
     int ti = tid / tn, tj = tid % tn;
     long mb, me, nb, ne;
     split_range(M, ti, tm, MR, &mb, &me);
     split_range(N, tj, tn, NR, &nb, &ne);
-    gemm_rect(trans_a, mb, me, nb, ne, K, alpha, A, lda, B, beta, C, ldc);
+    rect(mb, me, nb, ne);
   });
+}
+
+template <int MR, int NR>
+void gemm_impl(const GemmKernels& ks, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const WeightRef& B, float beta, float* C, int64_t ldc, bool parallel) {
+  run_grid<MR, NR>(M, N, K, parallel, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    Blocked<MR, NR>::rect(ks, trans_a, m0, m1, n0, n1, K, alpha, A, lda, B, beta, C, ldc);
+  });
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#ifndef PEFT_GEMM_BF16_KC
+#define PEFT_GEMM_BF16_KC 512
+#endif
+// The bf16 dot-product algorithm over rows [m0, m1) x cols [n0, n1) of C (blocking as Blocked,
+// with panels of k-pairs: a KC x NR panel of B is KC/2 x NR uint32).
+void bf16dot_rect(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float alpha, const float* A,
+                  int64_t lda, const uint16_t* B, int64_t ldb, bool trans_b, float beta, float* C, int64_t ldc) {
+  constexpr int MR = GEMM512_MR, NR = GEMM512_NR;
+  if (m0 >= m1 || n0 >= n1) return;
+  if (K == 0) {
+    Blocked<MR, NR>::scale_c(m0, m1, n0, n1, beta, C, ldc);
+    return;
+  }
+  const int64_t KC_MAX = PEFT_GEMM_BF16_KC, MC_MAX = PEFT_GEMM512_MC, NC_MAX = PEFT_GEMM512_NC;
+  int64_t kblocks = (K + KC_MAX - 1) / KC_MAX;
+  int64_t kc_step = ((K + kblocks - 1) / kblocks + 7) / 8 * 8;
+  int64_t mblocks = (m1 - m0 + MC_MAX - 1) / MC_MAX;
+  int64_t mc_step = ((m1 - m0 + mblocks - 1) / mblocks + MR - 1) / MR * MR;
+  int64_t ncap = std::min<int64_t>(NC_MAX, ((n1 - n0) + NR - 1) / NR * NR);
+  uint32_t* bbuf = reinterpret_cast<uint32_t*>(b_scratch.get(static_cast<size_t>(kc_step / 2) * ncap));
+  uint32_t* abuf = reinterpret_cast<uint32_t*>(a_scratch.get(static_cast<size_t>(kc_step / 2) * mc_step));
+  for (int64_t jc = n0; jc < n1; jc += NC_MAX) {
+    int64_t nc = std::min<int64_t>(NC_MAX, n1 - jc);
+    for (int64_t pc = 0; pc < K; pc += kc_step) {
+      int64_t kc = std::min<int64_t>(kc_step, K - pc), kp = (kc + 1) / 2;
+      float beta_eff = pc == 0 ? beta : 1.f;
+      for (int64_t jr = 0; jr < nc; jr += NR)
+        pack_b_bf16dot_avx512(B, ldb, trans_b, pc, kc, K, jc + jr, std::min<int64_t>(NR, nc - jr), bbuf + (jr / NR) * kp * NR);
+      for (int64_t ic = m0; ic < m1; ic += mc_step) {
+        int64_t mc = std::min<int64_t>(mc_step, m1 - ic);
+        for (int64_t ir = 0; ir < mc; ir += MR)
+          pack_a_bf16dot_avx512(A + (ic + ir) * lda + pc, lda, std::min<int64_t>(MR, mc - ir), kc, abuf + (ir / MR) * kp * MR);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const uint32_t* bp = bbuf + (jr / NR) * kp * NR;
+          int n = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            int m = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+            micro_kernel_bf16dot_avx512(kp, abuf + (ir / MR) * kp * MR, bp, C + (ic + ir) * ldc + jc + jr, ldc, alpha,
+                                        beta_eff, m, n);
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+}  // namespace
+
+bool gemm_bf16_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const uint16_t* B,
+                   int64_t ldb, bool trans_b, float beta, float* C, int64_t ldc, bool parallel) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (!bf16_dot_available()) return false;
+  if (M <= 0 || N <= 0) return true;
+  run_grid<GEMM512_MR, GEMM512_NR>(M, N, K, parallel, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    bf16dot_rect(m0, m1, n0, n1, K, alpha, A, lda, B, ldb, trans_b, beta, C, ldc);
+  });
+  return true;
+#else
+  return false;
+#endif
+}
+
+void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const WeightRef& B, float beta, float* C, int64_t ldc, bool parallel) {
+  if (M <= 0 || N <= 0) return;
+  const GemmKernels& ks = kernels();
+#if defined(__x86_64__) || defined(__i386__)
+  if (&ks == &kAvx512) {
+    gemm_impl<GEMM512_MR, GEMM512_NR>(ks, trans_a, M, N, K, alpha, A, lda, B, beta, C, ldc, parallel);
+    return;
+  }
+#endif
+  gemm_impl<GEMM_MR, GEMM_NR>(ks, trans_a, M, N, K, alpha, A, lda, B, beta, C, ldc, parallel);
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -317,7 +369,7 @@ void dequantize_q4(const Q4Matrix& q4, float* out) {
   int64_t bs = q4.blocksize;
   parallel_for((total + bs - 1) / bs, 256, [&](long b0, long b1) {
     int64_t s = b0 * bs, e = std::min<int64_t>(total, b1 * bs);
-    decode_q4(q4, s, e - s, out + s, 1);
+    kernels().decode(q4, s, e - s, out + s);
   });
 }
 

@@ -84,7 +84,7 @@ __attribute__((target("avx2,fma"))) void micro_kernel_avx2(int64_t kc, const flo
   alignas(32) float acc[GEMM_MR * GEMM_NR];
   __m256 rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
   for (int i = 0; i < 12; ++i) _mm256_store_ps(acc + 8 * i, rows[i]);
-  store_tile(acc, c, ldc, alpha, beta, m, n);
+  store_tile(acc, GEMM_NR, c, ldc, alpha, beta, m, n);
 }
 
 }  // namespace peft

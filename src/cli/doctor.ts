@@ -3,7 +3,7 @@
  * a runtime's limits (--target). Exit codes for CI: 0 no error, 1 an error finding (or bad
  * input), 2 warnings only under --strict. See src/lifecycle/doctor.ts.
  */
-import { readFileSync } from 'node:fs';
+import { readTextFile } from '../io/files.js';
 import { Command } from 'commander';
 import { PeftError } from '../errors.js';
 import { loadTokenizer } from '../io/tokenizer.js';
@@ -49,7 +49,7 @@ export function doctorCommand(): Command {
     if (o.data) {
       const r = doctorData(o.data, tok, {
         maxSeqLength: o.maxSeqLength, textSplit: o.textSplit, skipBadLines: o.skipBadLines, numExamples: o.numExamples,
-        chatTemplate: o.chatTemplate ? readFileSync(o.chatTemplate, 'utf8') : undefined,
+        chatTemplate: o.chatTemplate ? readTextFile(o.chatTemplate, { maxBytes: 4 * 2 ** 20, what: 'a Jinja chat template' }) : undefined,
       });
       findings.push(...r.findings);
       json.data = r;

@@ -13,6 +13,8 @@ import { combineCommand } from './combine.js';
 import { compareCommand, mainCommand } from './compare.js';
 import { doctorCommand } from './doctor.js';
 import { registryCommand } from './registry.js';
+import { deployCommand } from './deploy.js';
+import { exportJobCommand } from './export-job.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
@@ -31,6 +33,8 @@ export function buildProgram(): Command {
   program.addCommand(compareCommand());
   program.addCommand(doctorCommand());
   program.addCommand(registryCommand());
+  program.addCommand(deployCommand());
+  program.addCommand(exportJobCommand());
   return program;
 }
 

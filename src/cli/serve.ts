@@ -25,6 +25,8 @@ export function serveCommand(): Command {
     .option('--max-adapters <n>', 'adapters held at once (0 = no cap); beyond it the least recently used idle one loaded at run time is unloaded', int('--max-adapters'), 32)
     .option('--max-adapter-bytes <bytes>', 'bytes of adapter files held at once (0 = no cap)', int('--max-adapter-bytes'), 4 * 1024 ** 3)
     .option('--health-stall-timeout <s>', '/health answers 503 when queued work has seen no decoding step for this many seconds (0 = never)', int('--health-stall-timeout'), 60)
+    .option('--registry <dir>', 'serve adapters only from this registry: "model": NAME (its prod tag, reloaded when the tag moves) or NAME@N')
+    .option('--registry-poll-ms <n>', 'how often the registry\'s tags are read', int('--registry-poll-ms', 10), 500)
     .option('--port <n>', 'port to listen on', int('--port'), 8000)
     .option('--served-model-name <id>', "the base model's id in the API (default: the model directory's name)")
     .option('--max-batch <n>', 'sequences decoded together (batch slots)', int('--max-batch', 1), 32)
@@ -41,6 +43,7 @@ export function serveCommand(): Command {
       model?: string; adapter?: Array<{ name: string; path: string }> | string[]; host: string; port: number; servedModelName?: string;
       maxBatch: number; maxQueue: number; requestTimeout: number; bodyLimit: number; maxPrefillTokens: number; stopIds?: number[]; quantize?: string; threads?: number;
       apiKey?: string; insecure?: boolean; adapterDir?: string; maxAdapters: number; maxAdapterBytes: number; healthStallTimeout: number;
+      registry?: string; registryPollMs: number;
     };
     const apiKey = o.apiKey ?? (process.env.PEFT_API_KEY || undefined);
     // a config file gives adapters as a list of "NAME=DIR" strings or {name, path} objects
@@ -49,9 +52,11 @@ export function serveCommand(): Command {
       model: o.model, modelId: o.servedModelName, adapters, host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue,
       requestTimeoutMs: o.requestTimeout * 1000, bodyLimit: o.bodyLimit, maxPrefillTokens: o.maxPrefillTokens, stopIds: o.stopIds, quantize: o.quantize, threads: o.threads,
       apiKey, insecure: o.insecure === true, adapterDir: o.adapterDir, maxAdapters: o.maxAdapters, maxAdapterBytes: o.maxAdapterBytes, healthStallMs: o.healthStallTimeout * 1000,
+      registry: o.registry, registryPollMs: o.registryPollMs,
     };
     const server = await startServer(opts);
-    process.stdout.write(`serving ${server.modelId}${server.quantize ? ` (${server.quantize} base)` : ''}${adapters.length ? ` with adapters ${adapters.map((a) => a.name).join(', ')}` : ''} on ${server.url}` +
+    process.stdout.write(`serving ${server.modelId}${server.quantize ? ` (${server.quantize} base)` : ''}${adapters.length ? ` with adapters ${adapters.map((a) => a.name).join(', ')}` : ''}` +
+      `${o.registry ? ` with ${server.scheduler.listAdapters().map((a) => a.name).join(', ') || 'no tagged adapters'} from registry ${o.registry}` : ''} on ${server.url}` +
       `${apiKey ? ' (API key required)' : ''}${o.adapterDir ? `; run-time adapters from ${o.adapterDir}` : ''}\n`);
     if (!apiKey && o.insecure === true) process.stderr.write(`warning: --insecure: ${o.host} is served without an API key\n`);
     let stopping = false;

@@ -35,7 +35,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import { basename, join } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomicWith } from './atomic.js';
-import { openRegularFile, readExactly, readJsonFile } from './files.js';
+import { jsonDepth, openRegularFile, readExactly, readJsonFile } from './files.js';
 
 /** Element types this module reads and writes (the safetensors names). */
 export type DType =
@@ -252,6 +252,10 @@ function decodeHeader(headerBytes: Uint8Array, file: string): Record<string, unk
   } catch {
     throw new PeftError('header is not valid UTF-8', { file, field: 'header', expected: 'UTF-8 JSON', found: 'invalid UTF-8 bytes' });
   }
+  // a header nests 3 levels (object → entry → shape/offsets); a deep one would overflow the stack of
+  // whatever walks it (even an error message's formatting)
+  const depth = jsonDepth(text);
+  if (depth > 8) throw new PeftError('header JSON nested too deeply', { file, field: 'header', expected: 'at most 8 levels (a safetensors header has 3)', found: `${depth} levels` });
   let value: unknown;
   try {
     value = JSON.parse(text);

@@ -29,6 +29,15 @@ function readJson(path: string): Record<string, unknown> {
   return readJsonObject(path, { what: 'a JSON object' });
 }
 
+/** Ids from the library, each checked to be an integer in [0, vocabSize) (a malformed tokenizer.json can yield others). */
+function checkedIds(file: string, vocabSize: number, ids: number[]): number[] {
+  for (const id of ids) {
+    if (!Number.isInteger(id) || id < 0 || id >= vocabSize)
+      throw new PeftError('tokenizer produced an id outside its vocabulary', { file, expected: `integer ids in [0, ${vocabSize})`, found: String(id) });
+  }
+  return ids;
+}
+
 /** Runs a tokenizer call; an exception from the library becomes a PeftError naming tokenizer.json. */
 function guard<T>(file: string, op: string, fn: () => T): T {
   try {
@@ -55,6 +64,13 @@ export function loadTokenizer(dir: string): Tokenizer {
   const added = Array.isArray(tj.added_tokens) ? (tj.added_tokens as Array<{ id: unknown }>) : [];
   const vocab = model && typeof model === 'object' ? model.vocab : undefined;
   let vocabSize = Array.isArray(vocab) ? vocab.length : vocab && typeof vocab === 'object' ? Object.keys(vocab).length : 0;
+  if (vocab && typeof vocab === 'object' && !Array.isArray(vocab)) {
+    for (const [piece, id] of Object.entries(vocab)) {
+      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0)
+        throw new PeftError('invalid token id in the vocabulary', { file: tjPath, field: `model.vocab[${JSON.stringify(piece).slice(0, 40)}]`, expected: 'a non-negative integer', found: JSON.stringify(id)?.slice(0, 40) ?? 'nothing' });
+      vocabSize = Math.max(vocabSize, id + 1);
+    }
+  }
   for (const [i, a] of added.entries()) {
     const id = a && typeof a === 'object' ? a.id : undefined;
     if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0)
@@ -83,7 +99,7 @@ export function loadTokenizer(dir: string): Tokenizer {
   const jinjaPath = join(dir, 'chat_template.jinja');
   if (chatTemplate === null && existsSync(jinjaPath)) chatTemplate = readTextFile(jinjaPath, { what: 'a Jinja chat template' });
   return {
-    encode: (text, addSpecialTokens = true) => guard(tjPath, 'encode', () => tok.encode(text, { add_special_tokens: addSpecialTokens }).ids),
+    encode: (text, addSpecialTokens = true) => checkedIds(tjPath, vocabSize, guard(tjPath, 'encode', () => tok.encode(text, { add_special_tokens: addSpecialTokens }).ids)),
     decode: (ids, skip = true) => guard(tjPath, 'decode', () => tok.decode(Array.from(ids), { skip_special_tokens: skip })),
     tokenToId: (s) => tok.token_to_id(s) ?? undefined,
     vocabSize,

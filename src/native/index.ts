@@ -10,6 +10,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PeftError } from '../errors.js';
 
 /** A 4-bit (NF4/FP4) matrix in bitsandbytes' layout; see native/gemm/gemm.h `Q4Matrix`. */
 export interface Q4Native {
@@ -61,14 +62,35 @@ export type ActName = keyof typeof Act;
 type F32 = Float32Array;
 type Nullable<T> = T | null;
 
+/** CPU features and the kernel level in use (PEFT_KERNELS=avx512|avx2|generic caps it). */
+export interface KernelInfo {
+  level: 'avx512' | 'avx2' | 'generic';
+  /** GEMM micro-kernel name, e.g. "avx512-14x32". */
+  gemm: string;
+  /** VDPBF16PS usable (AVX512_BF16 and the avx512 level). */
+  bf16Dot: boolean;
+  /** PEFT_KERNELS holds something other than avx512, avx2, generic. */
+  envInvalid: boolean;
+  cpu: Record<'avx2' | 'fma' | 'f16c' | 'avx512f' | 'avx512bw' | 'avx512vl' | 'avx512dq' | 'avx512_vnni' | 'avx512_bf16', boolean>;
+}
+
 export interface NativeAddon {
   noop(): void;
   numThreads(): number;
   setNumThreads(n: number): void;
   kernelName(): string;
+  /** What the CPU-feature probe found and which kernel level PEFT_KERNELS left in use. */
+  kernelInfo(): KernelInfo;
   /** C[M,N] = alpha·op(A)·op(B) + beta·C; B float32 or bfloat16 bits (Uint16Array). */
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: F32, lda: number,
     B: F32 | Uint16Array, ldb: number, beta: number, C: F32, ldc: number): void;
+  /**
+   * C[M,N] = alpha·A·op(B) + beta·C with B bfloat16 bits multiplied by VDPBF16PS: A rounded to bf16
+   * (nearest even), products summed in float32. transA must be false. Throws a RangeError where
+   * kernelInfo().bf16Dot is false.
+   */
+  gemmBf16Dot(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: F32, lda: number,
+    B: Uint16Array, ldb: number, beta: number, C: F32, ldc: number): void;
   /** As gemm with a 4-bit B dequantized inside the packing; transB: op(B) = W^T with W [N, K]. */
   gemmQ4(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: F32, lda: number,
     q4: Q4Native, beta: number, C: F32, ldc: number): void;
@@ -129,4 +151,6 @@ const require = createRequire(import.meta.url);
 /** The loaded addon (process-wide; also loads in worker threads). */
 export const native: NativeAddon = require(findAddon()) as NativeAddon;
 
+if (native.kernelInfo().envInvalid)
+  throw new PeftError('unknown kernel family', { field: 'PEFT_KERNELS', expected: 'avx512, avx2 or generic', found: JSON.stringify(process.env.PEFT_KERNELS) });
 if (process.env.PEFT_NUM_THREADS) native.setNumThreads(Number(process.env.PEFT_NUM_THREADS));

@@ -44,9 +44,23 @@ export function loadAdapter(peft: PeftModel, dir: string, name = 'default', acti
   const loader = adapterLoader(peftType);
   if (!loader) throw new PeftError('this peft_type cannot be loaded', { file: cfgFile, field: 'peft_type', found: peftType });
   const { tensors, file } = readAdapterTensors(dir);
-  const adapter = loader(peft.model, raw, tensors, { config: cfgFile, tensors: file });
+  let adapter: AdapterMethod;
+  try {
+    adapter = loader(peft.model, raw, tensors, { config: cfgFile, tensors: file });
+  } catch (e) {
+    // a config value the adapter itself rejects (target_modules matching nothing…) names the config file
+    if (e instanceof PeftError && e.file === undefined) throw withFile(e, cfgFile);
+    throw e;
+  }
   peft.addAdapter(name, adapter, activate);
   return adapter;
+}
+
+/** The same error, with `file` in front of its message and in its details. */
+function withFile(e: PeftError, file: string): PeftError {
+  const n = new PeftError(e.message, { file });
+  Object.assign(n, { field: e.field, expected: e.expected, found: e.found });
+  return n;
 }
 
 /**

@@ -22,6 +22,7 @@
  * The exported `Float32Array` tables are shared constants: do not modify them.
  */
 import { PeftError } from '../errors.js';
+import { jsonDepth } from '../io/files.js';
 
 /** The two 4-bit data types of bitsandbytes. */
 export type QuantType4 = 'nf4' | 'fp4';
@@ -656,7 +657,10 @@ const QS_KEYS = new Set(['quant_type', 'blocksize', 'dtype', 'shape', 'nested_bl
 export function unpackQuantState(bytes: Uint8Array, where = 'quant_state'): QuantStateInfo {
   let obj: unknown;
   try {
-    obj = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+    const text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    // a quant state is a flat object; a deeply nested one would overflow the stack formatting errors
+    if (jsonDepth(text) > 4) throw new Error(`nested ${jsonDepth(text)} levels deep (a quant state is a flat object)`);
+    obj = JSON.parse(text);
   } catch (e) {
     throw new PeftError('quant state is not UTF-8 JSON', { field: where, expected: 'packed JSON (pack_dict_to_tensor)', found: (e as Error).message });
   }

@@ -47,6 +47,7 @@ import { PeftError } from '../errors.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { compileChatTemplate, templateSpecialTokens, type ChatTemplate } from '../train/data/chat.js';
+import { RegistrySource } from './registry-source.js';
 import { adapterDirSource, scrubPaths, trainedQuantize, type AdapterSource } from './adapter-source.js';
 import { bearerChecker, isLoopbackHost, needsKey } from './auth.js';
 import { ServeMetrics } from './metrics.js';
@@ -92,6 +93,10 @@ export interface ServeOptions {
   threads?: number;
   /** Process metrics (CPU, memory, event loop lag) in /metrics. Default true. */
   defaultMetrics?: boolean;
+  /** Serve adapters only from this registry: `NAME` (its prod tag, followed as it moves) and `NAME@N` (src/serve/registry-source.ts). */
+  registry?: string;
+  /** How often the registry's tags are read (ms). Default 500. */
+  registryPollMs?: number;
   /** For tests: sleep between decoding steps in the model thread. */
   stepDelayMs?: number;
   /** Key every request but /health and /metrics must send as `Authorization: Bearer KEY`. */
@@ -142,6 +147,8 @@ interface Ctx {
   quantize?: string;
   /** Directories scrubbed from error messages. */
   roots: string[];
+  /** `--registry`: adapters come only from it (NAME follows its prod tag). */
+  registry: RegistrySource | null;
 }
 
 /** Loads the model (in its thread), builds the app and listens. */
@@ -162,6 +169,8 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     if (!ADAPTER_NAME.test(a.name)) throw new PeftError('invalid adapter name', { field: '--adapter', expected: '1-128 letters, digits, _ . -', found: JSON.stringify(a.name) });
     if (a.name === modelId) throw new PeftError("an adapter cannot be named after the base model's id", { field: '--adapter', found: JSON.stringify(a.name) });
   }
+  if (opts.registry && (opts.adapters?.length || opts.adapterDir !== undefined || opts.adapterSource))
+    throw new PeftError('with --registry, adapters are served only from the registry', { field: '--adapter / --adapter-dir', expected: 'neither with --registry' });
   const names = (opts.adapters ?? []).map((a) => a.name);
   const dup = names.find((n, i) => names.indexOf(n) !== i);
   if (dup) throw new PeftError('adapter name given twice', { field: '--adapter', found: JSON.stringify(dup) });
@@ -201,8 +210,18 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   } catch (e) {
     throw new PeftError(`cannot start the model: ${(e as Error).message}`);
   }
-  const roots = [modelDir, ...(source?.roots ?? []), ...startup.map((a) => a.path)];
-  const ctx: Ctx = { opts, modelId, modelDir, created: Math.floor(Date.now() / 1000), tok, chat, info, scheduler, metrics, source, quantize, roots };
+  let registry: RegistrySource | null = null;
+  if (opts.registry) {
+    registry = new RegistrySource(resolve(opts.registry), modelDir, (name, ref) => loadAdapterByName({ source: registry, scheduler, quantize }, name, ref), (n) => scheduler.adapter(n), (n) => scheduler.unloadAdapter(n), opts.registryPollMs);
+    try {
+      await registry.start();
+    } catch (e) {
+      await scheduler.close();
+      throw e;
+    }
+  }
+  const roots = [modelDir, ...(source?.roots ?? []), ...(registry?.roots ?? []), ...startup.map((a) => a.path)];
+  const ctx: Ctx = { opts, modelId, modelDir, created: Math.floor(Date.now() / 1000), tok, chat, info, scheduler, metrics, source, quantize, roots, registry };
   const app = buildApp(ctx);
   try {
     await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8000 });
@@ -215,6 +234,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   return {
     app, url, scheduler, metrics, modelId, quantize,
     close: async () => {
+      registry?.stop();
       await app.close();
       await scheduler.close();
     },
@@ -314,10 +334,13 @@ function buildApp(ctx: Ctx): FastifyInstance {
       chat_template: ctx.chat.isDefault ? 'default-chatml' : 'tokenizer',
     };
 
-  app.get('/v1/models', async () => ({ object: 'list', data: [modelCard(null), ...ctx.scheduler.listAdapters().map(modelCard)] }));
+  const aliasCards = (): Array<Record<string, unknown>> => (ctx.registry?.listAliases() ?? []).map((a) => ({ ...modelCard(a.target), id: a.name, root: a.target.name }));
+  app.get('/v1/models', async () => ({ object: 'list', data: [modelCard(null), ...aliasCards(), ...ctx.scheduler.listAdapters().map(modelCard)] }));
   app.get('/v1/models/:id', async (req) => {
     const id = (req.params as { id: string }).id;
     if (id === ctx.modelId) return modelCard(null);
+    const alias = aliasCards().find((c) => c.id === id);
+    if (alias) return alias;
     const a = ctx.scheduler.adapter(id);
     if (!a) throw modelNotFound(id);
     return modelCard(a);
@@ -329,7 +352,11 @@ function buildApp(ctx: Ctx): FastifyInstance {
       object: 'adapter', id: a.name, peft_type: a.info.peftType, created: a.created, in_flight: a.refs, pinned: a.pinned, bytes: a.bytes,
     })),
   }));
+  const registryOnly = (): void => {
+    if (ctx.registry) throw new ApiError(403, 'this server serves adapters only from its registry (peft registry push / tag / promote)', null, 'registry_only');
+  };
   app.post('/v1/adapters', async (req) => {
+    registryOnly();
     const body = req.body;
     if (!ctx.source) throw new ApiError(403, 'loading adapters at run time is off on this server (start it with --adapter-dir DIR)', null, 'adapter_loading_disabled');
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ApiError(400, 'request body must be a JSON object {"name", "path"}', null, 'invalid_type');
@@ -343,6 +370,7 @@ function buildApp(ctx: Ctx): FastifyInstance {
     return { object: 'adapter', id: a.name, peft_type: a.info.peftType, created: a.created };
   });
   app.delete('/v1/adapters/:name', async (req) => {
+    registryOnly();
     const name = (req.params as { name: string }).name;
     const inFlight = await ctx.scheduler.unloadAdapter(name);
     return { object: 'adapter', id: name, deleted: true, in_flight: inFlight };
@@ -452,7 +480,10 @@ async function generation(ctx: Ctx, kind: 'completion' | 'chat', req: FastifyReq
   const p: GenerationParams & { prompts?: Array<string | number[]>; messages?: ChatMessageIn[] } = chat ? parseChatRequest(req.body) : parseCompletionRequest(req.body);
   let adapter: AdapterEntry | null = null;
   if (p.model !== ctx.modelId) {
-    adapter = ctx.scheduler.adapter(p.model) ?? null;
+    // registry: NAME@N (and an evicted NAME target) loads on first use; the lookup itself is
+    // synchronous up to submit, so a tag move cannot unload the adapter between lookup and admission
+    if (ctx.registry) await ctx.registry.ensure(p.model);
+    adapter = (ctx.registry ? ctx.registry.lookup(p.model) : ctx.scheduler.adapter(p.model)) ?? null;
     if (!adapter) throw modelNotFound(p.model);
   }
   const maxPos = ctx.info.maxPositionEmbeddings;

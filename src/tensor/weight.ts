@@ -9,7 +9,8 @@ import { Tensor } from './tensor.js';
 
 export type WeightData =
   | { kind: 'f32'; tensor: Tensor }
-  | { kind: 'bf16'; bits: Uint16Array }
+  /** dot: multiply with VDPBF16PS, activations rounded to bf16 (models/compute-dtype.ts); else widened to f32. */
+  | { kind: 'bf16'; bits: Uint16Array; dot?: boolean }
   | { kind: 'q4'; q4: Q4Native };
 
 /** A [rows = out_features, cols = in_features] weight. */
@@ -37,6 +38,7 @@ export function gemmWeight(transA: boolean, transW: boolean, M: number, N: numbe
   A: Float32Array, lda: number, w: Weight, beta: number, C: Float32Array, ldc: number): void {
   const d = w.data;
   if (d.kind === 'f32') native.gemm(transA, transW, M, N, K, alpha, A, lda, d.tensor.data, w.cols, beta, C, ldc);
+  else if (d.kind === 'bf16' && d.dot && !transA) native.gemmBf16Dot(transA, transW, M, N, K, alpha, A, lda, d.bits, w.cols, beta, C, ldc);
   else if (d.kind === 'bf16') native.gemm(transA, transW, M, N, K, alpha, A, lda, d.bits, w.cols, beta, C, ldc);
   else native.gemmQ4(transA, transW, M, N, K, alpha, A, lda, d.q4, beta, C, ldc);
 }

@@ -12,6 +12,7 @@ import { readRegularFile } from '../io/files.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { setGradientCheckpointing, type CausalLM } from '../models/llama.js';
 import { loadModel } from '../models/load.js';
+import { setComputeDtype, type ComputeDtype } from '../models/compute-dtype.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, loadAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../peft/index.js';
 import type { AdapterMethod, NamedTensor } from '../peft/types.js';
@@ -38,6 +39,8 @@ export const DEFAULT_LR: Record<MethodName, number> = {
 
 export interface TrainRunOptions extends Partial<TrainOptions> {
   model?: string;
+  /** 'bf16': frozen base weights multiply in bfloat16 with VDPBF16PS (models/compute-dtype.ts); default 'float32'. */
+  computeDtype?: ComputeDtype;
   data: string;
   valData?: string;
   valFraction?: number;
@@ -228,6 +231,10 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   let peakRss = rss();
   const setup = setupMethod(o);
   const { model, tokenizer, peft, params } = setup;
+  if (o.computeDtype && o.computeDtype !== 'float32') {
+    const c = setComputeDtype(model, o.computeDtype);
+    setup.summary += `\ncompute dtype: ${o.computeDtype} (${c.bf16} frozen linear weights multiply in bf16 with VDPBF16PS, ${c.other} stay as they are)`;
+  }
   setGradientCheckpointing(model, o.gradientCheckpointing ?? false);
   const maxSeqLength = o.maxSeqLength ?? 256;
   const dataset = loadDataset(o.data, tokenizer, {

@@ -19,6 +19,7 @@ import { loadAdapter, PeftModel } from '../../src/peft/index.js';
 import { adapterBase } from '../../src/cli/model.js';
 import { trainCommand } from '../../src/cli/train.js';
 import { withConfigFile } from '../../src/cli/options.js';
+import { main } from '../../src/cli/index.js';
 import { loadBnbCheckpoint, saveQuantizedCheckpoint } from '../../src/quant/bnb-checkpoint.js';
 import { loadModelQuantized } from '../../src/quant/quantize-model.js';
 import { FIXTURES, STORIES } from '../helpers.js';
@@ -252,5 +253,83 @@ describe('directories', () => {
     const dir = tmp();
     mkdirSync(join(dir, 'x.safetensors'));
     peftError(() => readSafetensorsFile(join(dir, 'x.safetensors')), 'x.safetensors', 'directory');
+  });
+});
+
+describe('defects the fuzzer found', () => {
+  it('a safetensors header nested 5,000 deep is a named error, not a stack overflow', () => {
+    const json = Buffer.from(`{"a":{"dtype":"F32","shape":${'['.repeat(5000)}1${']'.repeat(5000)},"data_offsets":[0,4]}}`);
+    const bytes = Buffer.alloc(8 + json.length + 4);
+    bytes.writeBigUInt64LE(BigInt(json.length));
+    json.copy(bytes, 8);
+    peftError(() => parseSafetensors(bytes, 'deep.safetensors'), 'deep.safetensors: header', 'nested too deeply');
+  });
+  it('an adapter whose target_modules match no layer names adapter_config.json', () => {
+    const dir = tmp();
+    cpSync(join(FIXTURES, 'stories260K'), dir, { recursive: true });
+    const cfg = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+    cfg.target_modules = '';
+    writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify(cfg));
+    const e = peftError(() => loadAdapter(new PeftModel(loadModel(STORIES)), dir), 'adapter_config.json', 'target_modules');
+    expect(e.file).toBe(join(dir, 'adapter_config.json'));
+  });
+});
+
+describe('the CLI prints no stack trace', () => {
+  async function cli(...args: string[]): Promise<{ code: number; stderr: string }> {
+    let stderr = '';
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string | Uint8Array) => { stderr += String(chunk); return true; }) as typeof process.stderr.write;
+    const before = process.exitCode;
+    try {
+      await main(['node', 'peft', ...args]);
+    } finally {
+      process.stderr.write = write;
+    }
+    const code = Number(process.exitCode ?? 0);
+    process.exitCode = before;
+    return { code, stderr };
+  }
+  it('malformed adapter files and config files end in one error line naming the file', async () => {
+    const dir = tmp();
+    cpSync(join(FIXTURES, 'stories260K'), join(dir, 'a'), { recursive: true });
+    writeFileSync(join(dir, 'a', 'train_args.json'), '{"method": "qlora", "quantType": {"x": 1}}');
+    writeFileSync(join(dir, 'data.txt'), 'Once upon a time there was a fox.\n');
+    let r = await cli('eval', '--adapter', join(dir, 'a'), '--data', join(dir, 'data.txt'));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^peft: error: .*train_args\.json: quantType/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    writeFileSync(join(dir, 'a', 'train_args.json'), '{}');
+    writeFileSync(join(dir, 'a', 'adapter_config.json'), '{"peft_type": "LORA", "r": "eight"');
+    r = await cli('generate', '--adapter', join(dir, 'a'), '--prompt', 'Hi', '--max-new-tokens', '2');
+    expect(r.stderr).toMatch(/^peft: error: .*adapter_config\.json: invalid JSON/);
+    writeFileSync(join(dir, 'c.yaml'), 'max_grad_norm: abc\n');
+    r = await cli('train', '--data', join(dir, 'data.txt'), '--config', join(dir, 'c.yaml'), '--output', join(dir, 'o'));
+    expect(r.stderr).toMatch(/^peft: error: .*c\.yaml: maxGradNorm \(--max-grad-norm\): invalid value in config file/);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+  });
+});
+
+describe('more defects the fuzzer found', () => {
+  it('a tokenizer vocabulary with a non-integer id is refused at load', () => {
+    const m = tmp();
+    cpSync(STORIES, m, { recursive: true });
+    const tj = JSON.parse(readFileSync(join(m, 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, unknown> } };
+    const piece = Object.keys(tj.model.vocab)[300];
+    tj.model.vocab[piece] = 0.5;
+    writeFileSync(join(m, 'tokenizer.json'), JSON.stringify(tj));
+    peftError(() => loadTokenizer(m), 'tokenizer.json: model.vocab', 'non-negative integer', '0.5');
+  });
+  it('a deeply nested bnb quant state is a named error', () => {
+    const dir = tmp();
+    saveQuantizedCheckpoint(loadModelQuantized(STORIES, { quantType: 'nf4' }), join(dir, 'q'));
+    const file = join(dir, 'q', 'model.safetensors');
+    const st = readSafetensorsFile(file);
+    const qs = 'model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4';
+    const deep = Buffer.from(`{"quant_type":${'['.repeat(3000)}1${']'.repeat(3000)}}`);
+    writeFileSync(file, serializeSafetensors([...st.tensors.values()].map((e) => (e.name === qs
+      ? { name: e.name, dtype: e.dtype, shape: [deep.length], data: new Uint8Array(deep) }
+      : { name: e.name, dtype: e.dtype, shape: e.shape, data: e.data.slice() })), st.metadata));
+    peftError(() => loadBnbCheckpoint(join(dir, 'q')), 'model.safetensors', 'quant_state', 'nested');
   });
 });

@@ -22,9 +22,9 @@
  * file, `line N` (for `.json`: `line N (record [i])`, N the line where the element starts) and
  * the field, unless `skipBadLines` is set: then it is left out and listed in `bad`.
  */
-import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { PeftError } from '../../errors.js';
+import { readRegularFile } from '../../io/files.js';
 
 /** The training formats a record can have. */
 export type RecordFormat = 'text' | 'alpaca' | 'prompt-completion' | 'chat';
@@ -254,13 +254,13 @@ function jsonErrorLine(text: string, message: string, lineStarts: number[]): num
   return null;
 }
 
+/** Largest data file read (V8 strings stop a little above 2^29 characters). */
+const MAX_DATA_BYTES = 512 * 2 ** 20;
+
 function readText(file: string): string {
-  try {
-    const text = readFileSync(file, 'utf8');
-    return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
-  } catch (e) {
-    throw new PeftError(`cannot read data file: ${(e as Error).message}`, { file });
-  }
+  // a regular file only (a FIFO or /dev/zero would block or never end), at most MAX_DATA_BYTES
+  const text = Buffer.from(readRegularFile(file, { maxBytes: MAX_DATA_BYTES, what: 'a data file (.txt, .jsonl or .json)' })).toString('utf8');
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
 }
 
 /**

@@ -16,9 +16,9 @@
  * marker), not those of the prompt. Examples are truncated on the right to maxSeqLength; a pair
  * whose chosen or rejected side has no completion token left is dropped (counted).
  */
-import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { PeftError } from '../../errors.js';
+import { readRegularFile } from '../../io/files.js';
 import type { Tokenizer } from '../../io/tokenizer.js';
 import type { Batch } from '../../models/llama.js';
 import { DEFAULT_CHAT_TEMPLATE } from '../data/chat.js';
@@ -66,12 +66,8 @@ function isMessages(v: unknown): v is Messages {
 function readJsonRecords(file: string): Array<{ value: unknown; where: string }> {
   const ext = extname(file).toLowerCase();
   if (ext !== '.jsonl' && ext !== '.json') throw new PeftError('unsupported preference data file type', { file, expected: 'a .jsonl or .json file', found: ext || 'no extension' });
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new PeftError(`cannot read data file: ${(e as Error).message}`, { file });
-  }
+  // a regular file only, bounded (a FIFO or /dev/zero would block or never end)
+  const text = Buffer.from(readRegularFile(file, { maxBytes: 512 * 2 ** 20, what: 'a preference data file (.jsonl or .json)' })).toString('utf8');
   if (ext === '.json') {
     let arr: unknown;
     try {

@@ -1,0 +1,100 @@
+// CPU-feature probe (see cpu_features.h).
+#include "cpu_features.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <cstdint>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+namespace peft {
+namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
+uint64_t xgetbv0() {
+  uint32_t eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (static_cast<uint64_t>(edx) << 32) | eax;
+}
+#endif
+
+CpuFeatures probe() {
+  CpuFeatures f;
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+  bool fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+  if (!osxsave || !avx) return f;
+  uint64_t xcr0 = xgetbv0();
+  bool ymm_ok = (xcr0 & 0x6) == 0x6;             // SSE + AVX state
+  bool zmm_ok = (xcr0 & 0xE6) == 0xE6;           // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (!ymm_ok) return f;
+  unsigned max_leaf = __get_cpuid_max(0, nullptr);
+  if (max_leaf < 7) return f;
+  __cpuid_count(7, 0, a, b, c, d);
+  f.avx2 = (b >> 5) & 1;
+  f.fma = fma;
+  f.f16c = f16c;
+  if (zmm_ok) {
+    f.avx512f = (b >> 16) & 1;
+    f.avx512dq = (b >> 17) & 1;
+    f.avx512bw = (b >> 30) & 1;
+    f.avx512vl = (b >> 31) & 1;
+    f.avx512_vnni = (c >> 11) & 1;
+    unsigned max_sub = a;
+    if (max_sub >= 1) {
+      __cpuid_count(7, 1, a, b, c, d);
+      f.avx512_bf16 = (a >> 5) & 1;
+    }
+  }
+#endif
+  return f;
+}
+
+KernelLevel best_level(const CpuFeatures& f) {
+  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx2 && f.fma) return KernelLevel::Avx512;
+  if (f.avx2 && f.fma) return KernelLevel::Avx2;
+  return KernelLevel::Generic;
+}
+
+}  // namespace
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = probe();
+  return f;
+}
+
+bool kernel_env_invalid() {
+  const char* e = std::getenv("PEFT_KERNELS");
+  if (!e || !*e) return false;
+  return std::strcmp(e, "avx512") && std::strcmp(e, "avx2") && std::strcmp(e, "generic");
+}
+
+KernelLevel kernel_level() {
+  static const KernelLevel l = [] {
+    KernelLevel best = best_level(cpu_features());
+    const char* e = std::getenv("PEFT_KERNELS");
+    KernelLevel cap = KernelLevel::Avx512;
+    if (e && !std::strcmp(e, "avx2")) cap = KernelLevel::Avx2;
+    if (e && !std::strcmp(e, "generic")) cap = KernelLevel::Generic;
+    return static_cast<int>(best) < static_cast<int>(cap) ? best : cap;
+  }();
+  return l;
+}
+
+const char* kernel_level_name(KernelLevel l) {
+  switch (l) {
+    case KernelLevel::Avx512: return "avx512";
+    case KernelLevel::Avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+bool bf16_dot_available() {
+  return kernel_level() == KernelLevel::Avx512 && cpu_features().avx512_bf16;
+}
+
+}  // namespace peft

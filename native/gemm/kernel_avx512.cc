@@ -1,0 +1,220 @@
+// AVX-512 (F/BW/VL/DQ) SGEMM pieces: a 14x32 micro-kernel (28 zmm accumulators, two B vectors,
+// one A broadcast), the 32-row transposing pack, bf16 widening and the 4-bit (NF4/FP4) decoder
+// that looks the 16 codes up with one VPERMPS. Every function carries its own target attribute,
+// so the file builds with baseline x86-64 flags and gemm.cc calls it only when
+// kernel_level() == Avx512.
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+// GCC 12 flags _mm512_undefined_* inside the intrinsics headers under target attributes (a false positive)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+
+#include "kernels.h"
+
+#define PEFT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+
+namespace peft {
+
+namespace {
+constexpr int MR = GEMM512_MR;
+constexpr int NR = GEMM512_NR;
+
+PEFT_AVX512 inline void store_row(float* c, __m512 v0, __m512 v1, __m512 va, float beta, __mmask16 m0,
+                                  __mmask16 m1) {
+  if (beta == 0.f) {
+    _mm512_mask_storeu_ps(c, m0, _mm512_mul_ps(va, v0));
+    _mm512_mask_storeu_ps(c + 16, m1, _mm512_mul_ps(va, v1));
+  } else {
+    const __m512 vb = _mm512_set1_ps(beta);
+    _mm512_mask_storeu_ps(c, m0, _mm512_fmadd_ps(va, v0, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, c))));
+    _mm512_mask_storeu_ps(c + 16, m1,
+                          _mm512_fmadd_ps(va, v1, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, c + 16))));
+  }
+}
+}  // namespace
+
+PEFT_AVX512 void micro_kernel_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                                     float alpha, float beta, int m, int n) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+  __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(), c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
+  __m512 ca0 = _mm512_setzero_ps(), ca1 = _mm512_setzero_ps(), cb0 = _mm512_setzero_ps(), cb1 = _mm512_setzero_ps();
+  __m512 cc0 = _mm512_setzero_ps(), cc1 = _mm512_setzero_ps(), cd0 = _mm512_setzero_ps(), cd1 = _mm512_setzero_ps();
+  for (int i = 0; i < m; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + NR - 1), _MM_HINT_T0);
+  }
+  // One k step: two B vectors, then 28 FMAs whose A operand is an embedded {1to16} broadcast from
+  // the packed panel. Written as inline asm because GCC 12 spills some of the 28 accumulators when
+  // the same loop is written with intrinsics (four asm statements: at most 30 operands each).
+#define PEFT_ROWS0 \
+  __asm__("vfmadd231ps 0(%[a])%{1to16%}, %[b0], %[c00]\n\t" \
+          "vfmadd231ps 0(%[a])%{1to16%}, %[b1], %[c01]\n\t" \
+          "vfmadd231ps 4(%[a])%{1to16%}, %[b0], %[c10]\n\t" \
+          "vfmadd231ps 4(%[a])%{1to16%}, %[b1], %[c11]\n\t" \
+          "vfmadd231ps 8(%[a])%{1to16%}, %[b0], %[c20]\n\t" \
+          "vfmadd231ps 8(%[a])%{1to16%}, %[b1], %[c21]\n\t" \
+          "vfmadd231ps 12(%[a])%{1to16%}, %[b0], %[c30]\n\t" \
+          "vfmadd231ps 12(%[a])%{1to16%}, %[b1], %[c31]\n\t" \
+          : [c00] "+v"(c00), [c01] "+v"(c01), [c10] "+v"(c10), [c11] "+v"(c11), [c20] "+v"(c20), [c21] "+v"(c21), [c30] "+v"(c30), [c31] "+v"(c31) \
+          : [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a)));
+#define PEFT_ROWS1 \
+  __asm__("vfmadd231ps 16(%[a])%{1to16%}, %[b0], %[c40]\n\t" \
+          "vfmadd231ps 16(%[a])%{1to16%}, %[b1], %[c41]\n\t" \
+          "vfmadd231ps 20(%[a])%{1to16%}, %[b0], %[c50]\n\t" \
+          "vfmadd231ps 20(%[a])%{1to16%}, %[b1], %[c51]\n\t" \
+          "vfmadd231ps 24(%[a])%{1to16%}, %[b0], %[c60]\n\t" \
+          "vfmadd231ps 24(%[a])%{1to16%}, %[b1], %[c61]\n\t" \
+          : [c40] "+v"(c40), [c41] "+v"(c41), [c50] "+v"(c50), [c51] "+v"(c51), [c60] "+v"(c60), [c61] "+v"(c61) \
+          : [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a)));
+#define PEFT_ROWS2 \
+  __asm__("vfmadd231ps 28(%[a])%{1to16%}, %[b0], %[c70]\n\t" \
+          "vfmadd231ps 28(%[a])%{1to16%}, %[b1], %[c71]\n\t" \
+          "vfmadd231ps 32(%[a])%{1to16%}, %[b0], %[c80]\n\t" \
+          "vfmadd231ps 32(%[a])%{1to16%}, %[b1], %[c81]\n\t" \
+          "vfmadd231ps 36(%[a])%{1to16%}, %[b0], %[c90]\n\t" \
+          "vfmadd231ps 36(%[a])%{1to16%}, %[b1], %[c91]\n\t" \
+          "vfmadd231ps 40(%[a])%{1to16%}, %[b0], %[ca0]\n\t" \
+          "vfmadd231ps 40(%[a])%{1to16%}, %[b1], %[ca1]\n\t" \
+          : [c70] "+v"(c70), [c71] "+v"(c71), [c80] "+v"(c80), [c81] "+v"(c81), [c90] "+v"(c90), [c91] "+v"(c91), [ca0] "+v"(ca0), [ca1] "+v"(ca1) \
+          : [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a)));
+#define PEFT_ROWS3 \
+  __asm__("vfmadd231ps 44(%[a])%{1to16%}, %[b0], %[cb0]\n\t" \
+          "vfmadd231ps 44(%[a])%{1to16%}, %[b1], %[cb1]\n\t" \
+          "vfmadd231ps 48(%[a])%{1to16%}, %[b0], %[cc0]\n\t" \
+          "vfmadd231ps 48(%[a])%{1to16%}, %[b1], %[cc1]\n\t" \
+          "vfmadd231ps 52(%[a])%{1to16%}, %[b0], %[cd0]\n\t" \
+          "vfmadd231ps 52(%[a])%{1to16%}, %[b1], %[cd1]\n\t" \
+          : [cb0] "+v"(cb0), [cb1] "+v"(cb1), [cc0] "+v"(cc0), [cc1] "+v"(cc1), [cd0] "+v"(cd0), [cd1] "+v"(cd1) \
+          : [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a)));
+#define PEFT_STEP()                                      \
+  {                                                      \
+    const __m512 b0 = _mm512_load_ps(b);                 \
+    const __m512 b1 = _mm512_load_ps(b + 16);            \
+    PEFT_ROWS0 PEFT_ROWS1 PEFT_ROWS2 PEFT_ROWS3          \
+  }
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    _mm_prefetch(reinterpret_cast<const char*>(a + 16 * MR), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(a + 16 * MR + 16), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(a + 16 * MR + 32), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(a + 16 * MR + 48), _MM_HINT_T0);
+    for (int u = 0; u < 4; ++u) {
+      PEFT_STEP()
+      a += MR;
+      b += NR;
+    }
+  }
+  for (; k < kc; ++k) {
+    PEFT_STEP()
+    a += MR;
+    b += NR;
+  }
+#undef PEFT_STEP
+#undef PEFT_ROWS0
+#undef PEFT_ROWS1
+#undef PEFT_ROWS2
+#undef PEFT_ROWS3
+  const __m512 va = _mm512_set1_ps(alpha);
+  __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+  __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);
+  __m512 rows[2 * MR] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61,
+                         c70, c71, c80, c81, c90, c91, ca0, ca1, cb0, cb1, cc0, cc1, cd0, cd1};
+  for (int i = 0; i < m; ++i) store_row(c + i * ldc, rows[2 * i], rows[2 * i + 1], va, beta, m0, m1);
+}
+
+namespace {
+PEFT_AVX512 inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r4, __m256& r5,
+                                   __m256& r6, __m256& r7) {
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r2 = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+}  // namespace
+
+PEFT_AVX512 void pack_rows_transposed_avx512(const float* s, int64_t ld, int64_t kc, float* d) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    for (int g = 0; g < NR / 8; ++g) {
+      const float* p = s + g * 8 * ld + k;
+      __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + ld), r2 = _mm256_loadu_ps(p + 2 * ld),
+             r3 = _mm256_loadu_ps(p + 3 * ld);
+      __m256 r4 = _mm256_loadu_ps(p + 4 * ld), r5 = _mm256_loadu_ps(p + 5 * ld), r6 = _mm256_loadu_ps(p + 6 * ld),
+             r7 = _mm256_loadu_ps(p + 7 * ld);
+      transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
+      float* q = d + k * NR + g * 8;
+      _mm256_store_ps(q, r0);
+      _mm256_store_ps(q + NR, r1);
+      _mm256_store_ps(q + 2 * NR, r2);
+      _mm256_store_ps(q + 3 * NR, r3);
+      _mm256_store_ps(q + 4 * NR, r4);
+      _mm256_store_ps(q + 5 * NR, r5);
+      _mm256_store_ps(q + 6 * NR, r6);
+      _mm256_store_ps(q + 7 * NR, r7);
+    }
+  }
+  for (; k < kc; ++k)
+    for (int jj = 0; jj < NR; ++jj) d[k * NR + jj] = s[jj * ld + k];
+}
+
+PEFT_AVX512 void widen_bf16_avx512(const uint16_t* s, int64_t n, float* d) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+    _mm512_storeu_ps(d + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  }
+  if (i < n) {
+    __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, s + i));
+    _mm512_mask_storeu_ps(d + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  }
+}
+
+PEFT_AVX512 void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count, float* out) {
+  const int64_t end = idx + count;
+  const __m512 code = _mm512_loadu_ps(q.code);
+  const __m128i low4 = _mm_set1_epi8(15);
+  while (idx < end) {
+    int64_t b = idx / q.blocksize;
+    int64_t stop = std::min(end, (b + 1) * q.blocksize);
+    const __m512 lut = _mm512_mul_ps(code, _mm512_set1_ps(q4_block_absmax_plain(q, b)));
+    if ((idx & 1) && idx < stop) {  // odd start: the low nibble of its byte
+      __m512 v = _mm512_permutexvar_ps(_mm512_set1_epi32(q.packed[idx >> 1] & 15), lut);
+      _mm512_mask_storeu_ps(out, 1, v);
+      ++idx;
+      ++out;
+    }
+    for (; idx + 16 <= stop; idx += 16, out += 16) {
+      __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q.packed + (idx >> 1)));
+      __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+      __m128i lo = _mm_and_si128(bytes, low4);
+      __m512i codes = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo));  // element 2k: high nibble
+      _mm512_storeu_ps(out, _mm512_permutexvar_ps(codes, lut));
+    }
+    float l[16];
+    _mm512_storeu_ps(l, lut);
+    for (; idx < stop; ++idx) {
+      uint8_t byte = q.packed[idx >> 1];
+      *out++ = l[(idx & 1) ? (byte & 15) : (byte >> 4)];
+    }
+  }
+}
+
+}  // namespace peft
+#endif
