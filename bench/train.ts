@@ -15,7 +15,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { parseConfig } from '../src/models/config.js';
+import { parseConfig } from '../src/models/registry.js';
 import { buildModel } from '../src/models/load.js';
 import type { TensorEntry } from '../src/io/safetensors.js';
 import { LoraAdapter, parseLoraConfig, PeftModel } from '../src/peft/index.js';
@@ -23,7 +23,7 @@ import { quantizeModel, quantizationReport } from '../src/quant/quantize-model.j
 import { batchLoss } from '../src/train/methods.js';
 import { train } from '../src/train/trainer.js';
 import { weightBytes } from '../src/tensor/index.js';
-import { linearModules, setGradientCheckpointing } from '../src/models/llama.js';
+import { linearModules, setGradientCheckpointing } from '../src/models/model.js';
 
 const SHAPES: Record<string, Record<string, unknown>> = {
   smol: { hidden_size: 576, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, intermediate_size: 1536, vocab_size: 49152, tie_word_embeddings: true },

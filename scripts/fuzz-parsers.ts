@@ -29,10 +29,10 @@ import { PeftError } from '../src/errors.js';
 import { readSafetensorsFile, serializeSafetensors, toFloat32 } from '../src/io/safetensors.js';
 import { ggufTensorF32, readGgufFile } from '../src/io/gguf.js';
 import { loadTokenizer, type Tokenizer } from '../src/io/tokenizer.js';
-import { loadConfig } from '../src/models/config.js';
+import { loadConfig } from '../src/models/registry.js';
 import { loadModel } from '../src/models/load.js';
-import type { CausalLM } from '../src/models/llama.js';
-import { loadAdapter, PeftModel } from '../src/peft/index.js';
+import type { CausalLM } from '../src/models/model.js';
+import { createBottleneckAdapter, loadAdapter, PeftModel, saveAdapter } from '../src/peft/index.js';
 import { loadBnbCheckpoint, saveQuantizedCheckpoint } from '../src/quant/bnb-checkpoint.js';
 import { loadModelQuantized } from '../src/quant/quantize-model.js';
 import { exportLoraGguf } from '../src/export/gguf-lora.js';
@@ -46,9 +46,10 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const STORIES = join(ROOT, 'models', 'stories260K');
 const LORA_FIXTURE = join(ROOT, 'test', 'fixtures', 'stories260K');
 const PREFIX_FIXTURE = join(ROOT, 'test', 'fixtures', 'peft', 'prefix');
+const TINY_GQA = join(ROOT, 'test', 'fixtures', 'tiny', 'llama-gqa');
 
 export const TARGETS = [
-  'safetensors', 'adapter_config', 'adapter_tensors', 'prefix_adapter', 'config_json', 'tokenizer_json', 'gguf', 'bnb_checkpoint',
+  'safetensors', 'adapter_config', 'adapter_tensors', 'prefix_adapter', 'prompt_adapter', 'ia3_adapter', 'bottleneck_adapter', 'config_json', 'tokenizer_json', 'gguf', 'bnb_checkpoint',
   'data_jsonl', 'data_json', 'data_txt', 'config_file', 'train_args', 'trainer_state',
 ] as const;
 export type Target = (typeof TARGETS)[number];
@@ -181,6 +182,8 @@ function mutateJson(r: () => number, text: string, focus?: string[]): { text: st
 interface Base {
   dir: string;
   model: CausalLM;
+  /** The base of the prefix-tuning fixture (tiny Llama with GQA). */
+  tiny: CausalLM;
   tok: Tokenizer;
   files: Record<string, string>;
 }
@@ -196,6 +199,10 @@ function buildBase(): Base {
   ], { format: 'pt' }));
   cpSync(LORA_FIXTURE, join(dir, 'lora'), { recursive: true });
   cpSync(PREFIX_FIXTURE, join(dir, 'prefix'), { recursive: true });
+  cpSync(join(ROOT, 'test', 'fixtures', 'peft', 'prompt-random'), join(dir, 'prompt'), { recursive: true });
+  cpSync(join(ROOT, 'test', 'fixtures', 'peft', 'ia3'), join(dir, 'ia3'), { recursive: true });
+  const stories = loadModel(STORIES);
+  saveAdapter(createBottleneckAdapter(stories, { bottleneck_size: 6, placement: 'houlsby' }), join(dir, 'bottleneck'));
   files.gguf = join(dir, 'lora.gguf');
   exportLoraGguf(join(dir, 'lora'), files.gguf, STORIES);
   saveQuantizedCheckpoint(loadModelQuantized(STORIES, { quantType: 'nf4' }), join(dir, 'bnb'));
@@ -218,7 +225,7 @@ function buildBase(): Base {
   writeFileSync(join(ck, 'params.safetensors'), readFileSync(files.safetensors));
   writeFileSync(join(ck, 'optimizer.safetensors'), readFileSync(files.safetensors));
   files.trainer_state = join(ck, 'trainer_state.json');
-  return { dir, model: loadModel(STORIES), tok: loadTokenizer(STORIES), files };
+  return { dir, model: stories, tiny: loadModel(TINY_GQA), tok: loadTokenizer(STORIES), files };
 }
 
 /** A scratch directory holding links to every file of `src` except `replace`, which gets `bytes`. */
@@ -299,18 +306,36 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
       return { file: f, how: m.how };
     }
     case 'adapter_config':
-    case 'prefix_adapter': {
-      const src = join(base.dir, target === 'prefix_adapter' ? 'prefix' : 'lora');
-      const focus = target === 'prefix_adapter'
-        ? ['num_virtual_tokens', 'token_dim', 'num_layers', 'num_attention_heads', 'encoder_hidden_size', 'prefix_projection', 'peft_type']
-        : ['r', 'lora_alpha', 'lora_dropout', 'target_modules', 'rank_pattern', 'alpha_pattern', 'use_rslora', 'bias', 'modules_to_save', 'peft_type', 'layers_to_transform', 'init_lora_weights'];
-      const j = mutateFileJson(join(src, 'adapter_config.json'), focus);
+    case 'prefix_adapter':
+    case 'prompt_adapter':
+    case 'ia3_adapter':
+    case 'bottleneck_adapter': {
+      const kind = { adapter_config: 'lora', prefix_adapter: 'prefix', prompt_adapter: 'prompt', ia3_adapter: 'ia3', bottleneck_adapter: 'bottleneck' }[target];
+      const src = join(base.dir, kind);
+      const spec: Record<string, { focus: string[]; fields: Record<string, string> }> = {
+        lora: {
+          focus: ['r', 'lora_alpha', 'lora_dropout', 'target_modules', 'rank_pattern', 'alpha_pattern', 'use_rslora', 'bias', 'modules_to_save', 'peft_type', 'layers_to_transform', 'init_lora_weights'],
+          fields: { r: 'r', lora_alpha: 'lora_alpha', lora_dropout: 'lora_dropout', use_rslora: 'use_rslora', bias: 'bias', rank_pattern: 'rank_pattern' },
+        },
+        prefix: {
+          focus: ['num_virtual_tokens', 'token_dim', 'num_layers', 'num_attention_heads', 'encoder_hidden_size', 'prefix_projection', 'peft_type'],
+          fields: { num_virtual_tokens: 'num_virtual_tokens', num_layers: 'num_layers', token_dim: 'token_dim' },
+        },
+        prompt: {
+          focus: ['num_virtual_tokens', 'token_dim', 'num_layers', 'num_attention_heads', 'prompt_tuning_init', 'prompt_tuning_init_text', 'peft_type'],
+          fields: { num_virtual_tokens: 'num_virtual_tokens', token_dim: 'token_dim' },
+        },
+        ia3: { focus: ['target_modules', 'feedforward_modules', 'init_ia3_weights', 'fan_in_fan_out', 'peft_type', 'modules_to_save'], fields: { init_ia3_weights: 'init_ia3_weights' } },
+        bottleneck: {
+          focus: ['bottleneck_size', 'reduction_factor', 'placement', 'non_linearity', 'layers_to_transform', 'peft_type'],
+          fields: { bottleneck_size: 'bottleneck_size', placement: 'placement', non_linearity: 'non_linearity' },
+        },
+      };
+      const j = mutateFileJson(join(src, 'adapter_config.json'), spec[kind].focus);
       const f = scratchWith(src, scratch, 'adapter_config.json', j.text);
-      const a = loadAdapter(new PeftModel(base.model), scratch) as unknown as { cfg: Record<string, unknown> };
-      const raw = tryJson(j.text);
-      checkFields(raw, a.cfg, target === 'prefix_adapter'
-        ? { num_virtual_tokens: 'num_virtual_tokens', num_layers: 'num_layers', token_dim: 'token_dim' }
-        : { r: 'r', lora_alpha: 'lora_alpha', lora_dropout: 'lora_dropout', use_rslora: 'use_rslora', bias: 'bias', rank_pattern: 'rank_pattern' });
+      const onTiny = kind === 'prefix' || kind === 'prompt' || kind === 'ia3';
+      const a = loadAdapter(new PeftModel(onTiny ? base.tiny : base.model), scratch) as unknown as { cfg: Record<string, unknown> };
+      checkFields(tryJson(j.text), a.cfg, spec[kind].fields);
       return { file: f, how: j.how };
     }
     case 'adapter_tensors': {
@@ -413,7 +438,7 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
       }
       const m = loadBnbCheckpoint(scratch);
       const c = loadConfig(STORIES);
-      if (m.layers.length !== c.numLayers || m.layers[0].q.weight.rows !== c.numHeads * c.headDim || m.layers[0].q.weight.cols !== c.hiddenSize)
+      if (m.layers.length !== c.numLayers || m.layers[0].linears.q.weight.rows !== c.numHeads * c.headDim || m.layers[0].linears.q.weight.cols !== c.hiddenSize)
         silent('loaded 4-bit model does not have the config\'s shapes');
       return { file: f, how };
     }

@@ -17,7 +17,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { writeSafetensorsFile } from '../src/io/safetensors.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
-import { forwardHidden, lmLogits } from '../src/models/llama.js';
+import { forwardHidden, lmLogits } from '../src/models/model.js';
 import { loadModel } from '../src/models/load.js';
 import { DEFAULT_MODEL } from '../src/paths.js';
 import {

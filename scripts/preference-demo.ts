@@ -25,7 +25,7 @@ const common: TrainRunOptions = {
 const rows: Array<Record<string, unknown>> = [];
 const fmt = (x: number | undefined, d = 3): string => (x === undefined || Number.isNaN(x) ? '–' : x.toFixed(d));
 
-async function run(name: string, o: TrainRunOptions): Promise<void> {
+async function run(name: string, o: Partial<TrainRunOptions>): Promise<void> {
   const t0 = performance.now();
   const r = await runTraining({ ...common, ...o, output: join(OUT, name) });
   const p = r.preference!;

@@ -6,13 +6,14 @@
 export { PeftError } from './errors.js';
 export { native } from './native/index.js';
 export * from './tensor/index.js';
-export { loadConfig, parseConfig, ropeInvFreq, type ModelConfig } from './models/config.js';
+export { ConfigReader, ropeInvFreq, type LayerPlan, type ModelConfig } from './models/config.js';
+export { FAMILIES, familyOf, loadConfig, parseConfig, SUPPORTED_ARCHITECTURES } from './models/registry.js';
 export { buildModel, loadModel, type LoadOptions } from './models/load.js';
 export { saveModelDir } from './models/save.js';
 export {
   defaultContext, forwardCached, forwardHidden, linearModules, lmLogits, lmLoss, namedParameters, setGradientCheckpointing,
   type Batch, type CausalLM, type ForwardContext, type LinearModule,
-} from './models/llama.js';
+} from './models/model.js';
 export { loadTokenizer, type Tokenizer } from './io/tokenizer.js';
 export { readModelWeights, readSafetensorsFile, writeSafetensorsFile } from './io/safetensors.js';
 export * from './peft/index.js';

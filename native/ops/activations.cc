@@ -20,7 +20,7 @@ inline float act(Act a, float x) {
     case Act::Silu: return x * sigmoid(x);
     case Act::GeluTanh: return 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * (x + kGeluC * x * x * x)));
     case Act::GeluExact: return 0.5f * x * (1.f + std::erf(x * kInvSqrt2));
-    case Act::Relu: return x > 0.f ? x : 0.f;
+    case Act::Relu: return (x > 0.f || x != x) ? x : 0.f;  // relu(NaN) = NaN, as torch
     case Act::Identity: return x;
   }
   return x;

@@ -4,6 +4,9 @@
 //
 // exp: Cephes expf range reduction x = n·ln2 + r, |r| <= ln2/2, degree-6 polynomial
 // (max relative error ~2e-7 for x in [-87, 0]); inputs below -87, -inf included, give exactly 0.
+//
+// NaN propagates as in torch: a NaN anywhere in a row makes its max NaN, exp(NaN) is NaN, so the
+// whole softmax row (and the attention output / loss built from it) is NaN — never a silent 0.
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -35,7 +38,8 @@ static inline v8f exp8_nonpos(v8f x) {
   v8f scale;
   __builtin_memcpy(&scale, &bits, sizeof scale);
   v8f e = p * scale;
-  return keep ? e : splat(0.0f);
+  v8f out = keep ? e : splat(0.0f);
+  return x != x ? x : out;  // NaN in, NaN out
 }
 
 static inline float exp1_nonpos(float x) {
@@ -47,18 +51,19 @@ static inline float hsum8(v8f v) {
   return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
-// max of row[0..n) (-inf for n == 0)
+// max of row[0..n) (-inf for n == 0); NaN when any element is NaN (a NaN is taken because
+// x != x, and once in the accumulator it stays: nothing compares greater than NaN)
 static inline float row_max_impl(const float* row, int64_t n) {
   const float ninf = -__builtin_inff();
   v8f m = splat(ninf);
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     v8f x = load8(row + j);
-    m = x > m ? x : m;
+    m = ((x > m) | (x != x)) ? x : m;
   }
   float s = ninf;
-  for (int l = 0; l < 8; ++l) s = m[l] > s ? m[l] : s;
-  for (; j < n; ++j) s = row[j] > s ? row[j] : s;
+  for (int l = 0; l < 8; ++l) s = (m[l] > s || m[l] != m[l]) ? m[l] : s;
+  for (; j < n; ++j) s = (row[j] > s || row[j] != row[j]) ? row[j] : s;
   return s;
 }
 

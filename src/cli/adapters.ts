@@ -1,7 +1,7 @@
 /** Loading an adapter directory named on the command line. */
 import type { SequenceSetup } from '../generate/generate.js';
 import { checkBase } from '../lifecycle/provenance.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { attachAdapters } from '../peft/attach.js';
 import type { PeftModel } from '../peft/peft-model.js';
 

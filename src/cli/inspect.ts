@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { linearModules, namedParameters } from '../models/llama.js';
+import { linearModules, namedParameters } from '../models/model.js';
 import { quantizationReport } from '../quant/quantize-model.js';
 import { weightBytes } from '../tensor/index.js';
 import { attachAdapterForInference } from './adapters.js';

@@ -65,13 +65,6 @@ export const LORA_DEFAULTS: LoraConfig = {
   revision: null,
 };
 
-/** PEFT's default LoRA targets per model_type (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING). */
-export const DEFAULT_LORA_TARGETS: Record<string, string[]> = {
-  llama: ['q_proj', 'v_proj'],
-  mistral: ['q_proj', 'v_proj'],
-  qwen2: ['q_proj', 'v_proj'],
-};
-
 type Json = Record<string, unknown>;
 
 /** Field validators that name the file and key in their errors. */

@@ -8,7 +8,7 @@ export { layernorm, rmsnorm } from './ops/norm.js';
 export { rope, ropeTable, type RopeTable } from './ops/rope.js';
 export { attention, type AttentionOptions } from './ops/attention.js';
 export { activation, dropout, swiglu } from './ops/activation.js';
-export { add, concatSeq, mulFeatures, repeatBatch, scale } from './ops/elementwise.js';
+export { add, concatSeq, mul, mulFeatures, repeatBatch, scale, softcap } from './ops/elementwise.js';
 export { embedding } from './ops/embedding.js';
 export { crossEntropy, IGNORE_INDEX, linearCrossEntropy, type LossResult } from './ops/loss.js';
 export { fillNormal, gaussian, normalRng, uniformRng } from './random.js';
