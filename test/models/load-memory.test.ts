@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { readSafetensorsFile } from '../../src/io/safetensors.js';
 import { loadModel } from '../../src/models/load.js';
-import { linearModules } from '../../src/models/llama.js';
+import { linearModules } from '../../src/models/model.js';
 import { FIXTURES } from '../helpers.js';
 
 describe('model loading memory', () => {
