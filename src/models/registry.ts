@@ -8,12 +8,14 @@ import { PeftError } from '../errors.js';
 import { readJsonObject } from '../io/files.js';
 import { architectureOf, ConfigReader, readConfigFiles, type Json, type ModelConfig } from './config.js';
 import { gemmaFamily } from './gemma.js';
+import { gpt2Family } from './gpt2.js';
 import { llamaFamily } from './llama.js';
 import type { Family } from './model.js';
+import { phi3Family } from './phi3.js';
 import { qwenFamily } from './qwen.js';
 import { smollm3Family } from './smollm3.js';
 
-export const FAMILIES: readonly Family[] = [llamaFamily, qwenFamily, smollm3Family, gemmaFamily];
+export const FAMILIES: readonly Family[] = [llamaFamily, qwenFamily, smollm3Family, phi3Family, gpt2Family, gemmaFamily];
 
 /** Every `architectures[0]` value a model may have. */
 export const SUPPORTED_ARCHITECTURES: readonly string[] = FAMILIES.flatMap((f) => f.architectures);
