@@ -17,7 +17,7 @@ import { closeSync, existsSync, mkdirSync, openSync, renameSync, statSync, write
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadModel } from '../src/models/load.js';
-import { linearModules, setGradientCheckpointing, type CausalLM } from '../src/models/llama.js';
+import { linearModules, norms, setGradientCheckpointing, type CausalLM } from '../src/models/model.js';
 import { LoraAdapter, parseLoraConfig, PeftModel } from '../src/peft/index.js';
 import { loadModelQuantized } from '../src/quant/quantize-model.js';
 import { weightBytes } from '../src/tensor/index.js';
@@ -110,8 +110,8 @@ function modelBytes(model: CausalLM): number {
     if (m === model.lmHead && model.config.tieWordEmbeddings) continue;
     n += weightBytes(m.weight) + (m.bias?.data.byteLength ?? 0);
   }
-  for (const l of model.layers) n += l.inputLayernorm.data.byteLength + l.postAttentionLayernorm.data.byteLength;
-  return n + model.norm.data.byteLength;
+  for (const x of norms(model)) n += x.weight.data.byteLength + (x.bias?.data.byteLength ?? 0);
+  return n;
 }
 
 function runCase(dir: string, method: string, gc: boolean, B: number, T: number, steps: number, warmup: number): void {

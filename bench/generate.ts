@@ -20,7 +20,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../src/native/index.js';
 import { loadModel } from '../src/models/load.js';
-import { linearModules, type CausalLM } from '../src/models/llama.js';
+import { linearModules, type CausalLM } from '../src/models/model.js';
 import { generateBatch } from '../src/generate/generate.js';
 import { LoraAdapter, parseLoraConfig, PeftModel } from '../src/peft/index.js';
 import { exportLoraAdapterGguf, permuteRowsForGguf } from '../src/export/gguf-lora.js';

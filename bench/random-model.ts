@@ -2,7 +2,7 @@
  * Randomly initialised Llama models for the benchmarks (deterministic LCG, uniform with std 0.02,
  * norms 1): the SmolLM2-135M shape (`smol`) and the stories260K shape (`stories`).
  */
-import { parseConfig } from '../src/models/config.js';
+import { parseConfig } from '../src/models/registry.js';
 import { buildModel } from '../src/models/load.js';
 import type { TensorEntry } from '../src/io/safetensors.js';
 

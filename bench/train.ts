@@ -26,7 +26,7 @@ import { batchLoss } from '../src/train/methods.js';
 import { train } from '../src/train/trainer.js';
 import { weightBytes } from '../src/tensor/index.js';
 import { native } from '../src/native/index.js';
-import { linearModules, setGradientCheckpointing } from '../src/models/llama.js';
+import { linearModules, setGradientCheckpointing } from '../src/models/model.js';
 import { bf16ComputeAvailable, setComputeDtype } from '../src/models/compute-dtype.js';
 import { loadavg } from 'node:os';
 

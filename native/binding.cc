@@ -431,6 +431,10 @@ peft::AttentionShape attn_shape(const Napi::Value& v) {
   s.add_mask_batched = !is_null(o.Get("addMaskBatched")) && boolean(o.Get("addMaskBatched"), "addMaskBatched");
   if (am.p) need(env, am.n, (s.add_mask_batched ? s.B : 1) * s.Tq * s.Tk, "addMask");
   s.add_mask = am.p;
+  Napi::Value win = o.Get("window"), cap = o.Get("softcap");
+  s.window = win.IsUndefined() || is_null(win) ? 0 : integer(win, "window");
+  s.softcap = cap.IsUndefined() || is_null(cap) ? 0.f : number(cap, "softcap");
+  if (s.softcap < 0) range_error(env, "softcap must be >= 0");
   return s;
 }
 

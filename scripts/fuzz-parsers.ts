@@ -29,9 +29,9 @@ import { PeftError } from '../src/errors.js';
 import { readSafetensorsFile, serializeSafetensors, toFloat32 } from '../src/io/safetensors.js';
 import { ggufTensorF32, readGgufFile } from '../src/io/gguf.js';
 import { loadTokenizer, type Tokenizer } from '../src/io/tokenizer.js';
-import { loadConfig } from '../src/models/config.js';
+import { loadConfig } from '../src/models/registry.js';
 import { loadModel } from '../src/models/load.js';
-import type { CausalLM } from '../src/models/llama.js';
+import type { CausalLM } from '../src/models/model.js';
 import { createBottleneckAdapter, loadAdapter, PeftModel, saveAdapter } from '../src/peft/index.js';
 import { loadBnbCheckpoint, saveQuantizedCheckpoint } from '../src/quant/bnb-checkpoint.js';
 import { loadModelQuantized } from '../src/quant/quantize-model.js';
@@ -350,7 +350,12 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
       const j = mutateFileJson(join(STORIES, 'config.json'), ['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads', 'rope_theta', 'rms_norm_eps', 'vocab_size', 'max_position_embeddings', 'tie_word_embeddings', 'rope_scaling', 'architectures', 'head_dim']);
       const f = scratchWith(STORIES, scratch, 'config.json', j.text);
       const c = loadConfig(scratch) as unknown as Record<string, unknown>;
-      checkFields(tryJson(j.text), { ...c, rope_theta: (c.rope as { theta?: unknown } | undefined)?.theta }, {
+      // transformers 5.x: rope_parameters.rope_theta, when present, wins over the top-level rope_theta
+      const raw = tryJson(j.text) as Json | undefined;
+      const rp = raw && typeof raw === 'object' ? raw.rope_parameters : undefined;
+      const expectRaw = raw && typeof raw === 'object' && rp && typeof rp === 'object' && !Array.isArray(rp) && (rp as Json).rope_theta !== undefined
+        ? { ...raw, rope_theta: (rp as Json).rope_theta } : raw;
+      checkFields(expectRaw, { ...c, rope_theta: (c.rope as { theta?: unknown } | undefined)?.theta }, {
         hidden_size: 'hiddenSize', intermediate_size: 'intermediateSize', num_hidden_layers: 'numLayers', num_attention_heads: 'numHeads',
         num_key_value_heads: 'numKvHeads', rms_norm_eps: 'rmsNormEps', vocab_size: 'vocabSize', max_position_embeddings: 'maxPositionEmbeddings',
         tie_word_embeddings: 'tieWordEmbeddings', rope_theta: 'rope_theta',
@@ -438,7 +443,7 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
       }
       const m = loadBnbCheckpoint(scratch);
       const c = loadConfig(STORIES);
-      if (m.layers.length !== c.numLayers || m.layers[0].q.weight.rows !== c.numHeads * c.headDim || m.layers[0].q.weight.cols !== c.hiddenSize)
+      if (m.layers.length !== c.numLayers || m.layers[0].linears.q.weight.rows !== c.numHeads * c.headDim || m.layers[0].linears.q.weight.cols !== c.hiddenSize)
         silent('loaded 4-bit model does not have the config\'s shapes');
       return { file: f, how };
     }

@@ -6,13 +6,14 @@
 export { PeftError } from './errors.js';
 export { native } from './native/index.js';
 export * from './tensor/index.js';
-export { loadConfig, parseConfig, ropeInvFreq, type ModelConfig } from './models/config.js';
+export { ConfigReader, ropeInvFreq, type LayerPlan, type ModelConfig } from './models/config.js';
+export { FAMILIES, familyOf, loadConfig, parseConfig, SUPPORTED_ARCHITECTURES } from './models/registry.js';
 export { buildModel, loadModel, type LoadOptions } from './models/load.js';
 export { saveModelDir } from './models/save.js';
 export {
   defaultContext, forwardCached, forwardHidden, linearModules, lmLogits, lmLoss, namedParameters, setGradientCheckpointing,
   type Batch, type CausalLM, type ForwardContext, type LinearModule,
-} from './models/llama.js';
+} from './models/model.js';
 export { loadTokenizer, type Tokenizer } from './io/tokenizer.js';
 export { readModelWeights, readSafetensorsFile, writeSafetensorsFile } from './io/safetensors.js';
 export * from './peft/index.js';
@@ -25,5 +26,11 @@ export { createLoader, evalBatches, loadDataset, type Dataset, type Example, typ
 export { evaluate, type EvalResult } from './train/evaluate.js';
 export { train, TRAIN_DEFAULTS, type TrainOptions, type TrainResult } from './train/trainer.js';
 export { runTraining, setupMethod, DEFAULT_LR, METHODS, type MethodName, type TrainRunOptions } from './train/run.js';
+export {
+  defaultPreferenceConfig, dpoLoss, ipoLoss, ktoLoss, orpoLoss, simpoLoss, OBJECTIVES, type Objective, type PreferenceConfig,
+} from './train/preference/losses.js';
+export { loadPreferenceData, type PairExample, type PreferenceData, type UnpairedExample } from './train/preference/data.js';
+export { ktoStep, pairStep, type PreferenceSetup, type ReferenceKind } from './train/preference/step.js';
+export { evaluatePreference, type PreferenceRunResult } from './train/preference/run.js';
 export { runCompare } from './report/compare.js';
 export { runMainJob } from './report/main-job.js';

@@ -18,7 +18,7 @@ namespace {
 constexpr int64_t QB = 64;  // query rows per block
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
-thread_local std::vector<float> s_buf, dp_buf;
+thread_local std::vector<float> s_buf, dp_buf, tf_buf;
 
 // Number of keys any query in [i0, i1) can see (causal bound), i.e. the key range [0, kend).
 inline int64_t key_end(const AttentionShape& s, int64_t i1) {
@@ -37,6 +37,14 @@ void block_scores(const AttentionShape& s, const float* q, const float* k, int64
   for (int64_t r = 0; r < rows; ++r) {
     int64_t i = i0 + r;
     float* Sr = S + r * kend;
+    if (s.softcap > 0.f) {
+      const float inv = 1.f / s.softcap;
+      for (int64_t j = 0; j < kend; ++j) Sr[j] = s.softcap * std::tanh(Sr[j] * inv);
+    }
+    if (s.window > 0) {
+      int64_t first = off + i - s.window + 1;  // keys j < first are outside the window
+      for (int64_t j = 0; j < kend && j < first; ++j) Sr[j] = kNegInf;
+    }
     if (s.causal) {
       int64_t lim = off + i;  // keys j > lim are in the future
       for (int64_t j = (lim + 1 < 0 ? 0 : lim + 1); j < kend; ++j) Sr[j] = kNegInf;
@@ -136,6 +144,16 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
         float* P = s_buf.data();
         float* dP = dp_buf.data();
         block_scores(s, q, k, b, h, kvh, i0, rows, kend, P);
+        float* Tf = nullptr;  // soft-capping: d(capped)/d(raw) = 1 - (capped / cap)^2, from the capped scores
+        if (s.softcap > 0.f) {
+          if (static_cast<int64_t>(tf_buf.size()) < rows * kend) tf_buf.resize(rows * kend);
+          Tf = tf_buf.data();
+          const float inv = 1.f / s.softcap;
+          for (int64_t e = 0; e < rows * kend; ++e) {
+            float t = P[e] * inv;
+            Tf[e] = std::isfinite(t) ? 1.f - t * t : 0.f;
+          }
+        }
         const float* lrow = lse + (b * s.Hq + h) * s.Tq + i0;
         for (int64_t r = 0; r < rows; ++r) {
           float* Pr = P + r * kend;
@@ -164,6 +182,10 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
           float* Pr = P + r * kend;
           float* dPr = dP + r * kend;
           for (int64_t j = 0; j < kend; ++j) dPr[j] = Pr[j] * (dPr[j] - dif);
+          if (Tf) {
+            const float* Tr = Tf + r * kend;
+            for (int64_t j = 0; j < kend; ++j) dPr[j] *= Tr[j];
+          }
         }
         // dQ += scale * dS K ; dK += scale * dS^T Q
         if (dq) {

@@ -51,6 +51,11 @@ struct AttentionShape {
   const int32_t* k_seg;     // [B, Tk]
   const float* add_mask;    // additive mask [B or 1, Tq, Tk], or null
   bool add_mask_batched;    // add_mask has a batch axis
+  int64_t window;           // > 0: sliding window, query i sees keys j > (Tk - Tq) + i - window
+                            // (the window most recent positions, itself included; transformers'
+                            // sliding_window_overlay); 0 = all
+  float softcap;            // > 0: scores become softcap * tanh(score / softcap) before the masks
+                            // (Gemma 2 attn_logit_softcapping); 0 = none
 };
 // out[b, t, h, :] = softmax(scale * q k^T + mask) v with grouped-query heads (h -> h / (Hq/Hkv)).
 // lse [B, Hq, Tq] (may be null) receives each row's log-sum-exp for the backward pass; a row with

@@ -1,7 +1,7 @@
 /** Loading an adapter directory named on the command line. */
 import type { SequenceSetup } from '../generate/generate.js';
 import { checkBase } from '../lifecycle/provenance.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { attachAdapters } from '../peft/attach.js';
 import type { PeftModel } from '../peft/peft-model.js';
 
@@ -16,5 +16,6 @@ export function attachAdapterForInference(model: CausalLM, dir: string, base?: {
     if (c.status === 'mismatch') process.stderr.write(`peft: warning: ${dir} was trained on another base model (${c.differences[0]}); running it anyway (--allow-base-mismatch)\n`);
   }
   const { peft, setup } = attachAdapters(model, [{ name: 'default', dir }]);
+  for (const note of (peft.get('default') as { loadNotes?: string[] }).loadNotes ?? []) process.stderr.write(`peft: note: ${note}\n`);
   return { ...setup, peft };
 }

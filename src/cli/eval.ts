@@ -1,5 +1,5 @@
 /** `peft eval`: mean loss per target token and perplexity of a model (and adapter) on a data file. */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { PeftError } from '../errors.js';
 import { loadTokenizer } from '../io/tokenizer.js';
 import { firstNonFinite } from '../train/evaluate.js';
@@ -20,19 +20,21 @@ export function evalCommand(): Command {
     .option('--text-split <mode>', '.txt files: blocks | paragraphs', 'blocks')
     .option('--max-examples <n>', 'score only the first N examples (0 = all)', int('--max-examples'), 0)
     .option('--skip-bad-lines', 'skip malformed lines instead of stopping')
-    .option('--json', 'print the result as JSON')
+    .addOption(new Option('--loss-convention <c>', "prompt tuning: peft = HF PEFT's (labels = input_ids: the last virtual token also predicts each row's first token) | next-token (real tokens only)").choices(['peft', 'next-token']).default('peft'))
+    .option('--json', 'print the result as JSON (states the loss convention used)')
     .option('--allow-base-mismatch', "run an adapter whose training_provenance.json records a different base model (by content hash)")
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action((raw: Record<string, unknown>) => {
     const o = withConfigFile(cmd, raw) as {
       data: string; model?: string; adapter?: string; quantize?: string; maxSeqLength: number; batchSize: number;
       textSplit: 'blocks' | 'paragraphs'; maxExamples: number; skipBadLines?: boolean; json?: boolean; allowBaseMismatch?: boolean;
+      lossConvention: 'peft' | 'next-token';
     };
     requireOptions(o as unknown as Record<string, unknown>, ['data']);
     const { model, dir } = openModelFor(o.adapter, o.model, o.quantize);
     const tok = loadTokenizer(dir);
     const peft = o.adapter ? attachAdapterForInference(model, o.adapter, { dir, allowMismatch: o.allowBaseMismatch }).peft : null;
-    const r = evaluateFile(model, tok, o.data, { maxSeqLength: o.maxSeqLength, batchSize: o.batchSize, textSplit: o.textSplit, skipBadLines: o.skipBadLines, maxExamples: o.maxExamples });
+    const r = evaluateFile(model, tok, o.data, { maxSeqLength: o.maxSeqLength, batchSize: o.batchSize, textSplit: o.textSplit, skipBadLines: o.skipBadLines, maxExamples: o.maxExamples, lossConvention: o.lossConvention });
     if (r.tokens > 0 && !Number.isFinite(r.loss)) {
       // a diverged or corrupt adapter (or base): name the first tensor that is not finite
       const bad = firstNonFinite(model, peft ? peft.adapters : []);
@@ -41,9 +43,16 @@ export function evalCommand(): Command {
       });
       throw new PeftError(`evaluation loss is ${r.loss}, though every weight is finite (the activations overflowed)`, { file: o.data });
     }
-    const out = { data: o.data, model: dir, adapter: o.adapter ?? null, loss: r.loss, perplexity: r.perplexity, tokens: r.tokens };
+    const out = {
+      data: o.data, model: dir, adapter: o.adapter ?? null, loss: r.loss, perplexity: r.perplexity, tokens: r.tokens,
+      virtual_tokens: r.virtualTokens,
+      loss_convention: r.lossConvention,
+      loss_convention_note: r.virtualTokens === 0 ? 'next-token loss over the real tokens (no virtual tokens)'
+        : r.lossConvention === 'peft' ? "HF PEFT's prompt-tuning loss (labels = input_ids): the last virtual token predicts each row's first token, so each row has as many predictions as tokens"
+          : 'next-token loss over the real tokens only (each row has one prediction fewer than tokens)',
+    };
     if (o.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
-    else process.stdout.write(`loss ${r.loss.toFixed(5)} nats/token, perplexity ${r.perplexity.toFixed(4)} over ${r.tokens} target tokens\n`);
+    else process.stdout.write(`loss ${r.loss.toFixed(5)} nats/token, perplexity ${r.perplexity.toFixed(4)} over ${r.tokens} target tokens${r.virtualTokens > 0 ? ` (${r.lossConvention} loss convention, ${r.virtualTokens} virtual tokens)` : ''}\n`);
   });
   return cmd;
 }

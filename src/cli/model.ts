@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { readJsonObject } from '../io/files.js';
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { loadModelAuto } from '../quant/bnb-checkpoint.js';
 import { loadModelQuantized } from '../quant/quantize-model.js';

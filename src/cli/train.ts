@@ -1,5 +1,5 @@
 /** `peft train`: fine-tune with LoRA, QLoRA or full fine-tuning on a data file. */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { readTextFile } from '../io/files.js';
 import { runTraining, METHODS, type MethodName, type TrainRunOptions } from '../train/run.js';
 import { OBJECTIVES } from '../train/preference/losses.js';
@@ -27,6 +27,7 @@ export function trainCommand(): Command {
     .option('--encoder-hidden-size <n>', 'prefix tuning: hidden width of the reparameterisation MLP', int('--encoder-hidden-size', 1))
     .option('--prompt-tuning-init <mode>', 'prompt tuning: RANDOM | TEXT')
     .option('--prompt-tuning-init-text <text>', 'prompt tuning: text whose token embeddings initialise the prompt (implies TEXT)')
+    .addOption(new Option('--loss-convention <c>', "prompt tuning: peft = HF PEFT's (labels = input_ids: the last virtual token also predicts each row's first token) | next-token (real tokens only)").choices(['peft', 'next-token']).default('peft'))
     .option('--reduction-factor <n>', 'bottleneck adapter: hidden / bottleneck', int('--reduction-factor', 1))
     .option('--bottleneck-size <n>', 'bottleneck adapter: explicit bottleneck width', int('--bottleneck-size', 1))
     .option('--placement <p>', 'bottleneck adapter: houlsby (after attention and MLP) | pfeiffer (after MLP)')
@@ -91,6 +92,7 @@ export function trainCommand(): Command {
       encoderHiddenSize: o.encoderHiddenSize as number | undefined,
       promptTuningInit: o.promptTuningInit as 'RANDOM' | 'TEXT' | undefined,
       promptTuningInitText: o.promptTuningInitText as string | undefined,
+      lossConvention: o.lossConvention as 'peft' | 'next-token',
       reductionFactor: o.reductionFactor as number | undefined,
       bottleneckSize: o.bottleneckSize as number | undefined,
       placement: o.placement as 'houlsby' | 'pfeiffer' | undefined,

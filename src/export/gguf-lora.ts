@@ -6,7 +6,7 @@
  * Layout (checked against convert_lora_to_gguf.py, convert_hf_to_gguf.py `LlamaModel`,
  * gguf-py, and llama.cpp `src/llama-adapter.cpp` / `llama-adapter.h`):
  * - metadata, in the converter's order: `general.architecture` (string: `llama` for Llama and
- *   Mistral checkpoints, `qwen2` for Qwen2), `general.type` = `adapter`, `adapter.type` = `lora`,
+ *   Mistral checkpoints, `qwen2`/`qwen3`, `gemma2`/`gemma3`, `smollm3`: the family's `gguf`), `general.type` = `adapter`, `adapter.type` = `lora`,
  *   `general.name` (string: the adapter directory's name), `adapter.lora.alpha` (FLOAT32),
  *   `general.quantization_version` (UINT32 2). llama.cpp requires the first three and reads alpha.
  * - tensors, per adapted linear layer, the base tensor's GGUF name plus `.lora_a` / `.lora_b`:
@@ -39,7 +39,9 @@
 import { basename, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeGgufFile, type GgufKV, type GgufTensorToWrite } from '../io/gguf.js';
-import { loadConfig, type ModelConfig } from '../models/config.js';
+import type { ModelConfig } from '../models/config.js';
+import type { GgufMap, LinearSpec } from '../models/model.js';
+import { familyOf, loadConfig } from '../models/registry.js';
 import { parseLoraConfig, readAdapterConfig, requireSavedKeys, type LoraConfig } from '../peft/config.js';
 import { readAdapterTensors } from '../peft/format.js';
 import { patternKey } from '../peft/inject.js';
@@ -93,46 +95,42 @@ export interface GgufLoraReport {
   warnings: string[];
 }
 
-/** GGUF architecture for a model config, and whether q/k rows are permuted (convert_hf_to_gguf). */
-export function ggufArchitecture(config: ModelConfig): { arch: string; permuteQK: boolean } {
-  switch (config.architecture) {
-    case 'LlamaForCausalLM':
-    case 'MistralForCausalLM':
-      return { arch: 'llama', permuteQK: true };
-    case 'Qwen2ForCausalLM':
-      return { arch: 'qwen2', permuteQK: false };
-    default:
-      throw new PeftError('no GGUF architecture for this model', { field: 'architectures', expected: 'LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM', found: String(config.architecture) });
-  }
+/**
+ * GGUF architecture for a model config, whether q/k rows are permuted (convert_hf_to_gguf) and
+ * the llama.cpp tensor names by module role — from the architecture family (src/models/<family>.ts).
+ * @throws PeftError when the family has no GGUF mapping.
+ */
+export function ggufArchitecture(config: ModelConfig): GgufMap {
+  const g = familyOf(config.architecture).gguf(config);
+  if ('refused' in g) throw new PeftError(`no GGUF export for this model: ${g.refused}`, { field: 'architectures', found: config.architecture });
+  return g;
 }
 
-const LAYER_SUFFIX: Record<string, string> = {
-  'self_attn.q_proj': 'attn_q',
-  'self_attn.k_proj': 'attn_k',
-  'self_attn.v_proj': 'attn_v',
-  'self_attn.o_proj': 'attn_output',
-  'mlp.gate_proj': 'ffn_gate',
-  'mlp.up_proj': 'ffn_up',
-  'mlp.down_proj': 'ffn_down',
-};
+const specsByConfig = new WeakMap<ModelConfig, Map<string, { spec: LinearSpec; layer: number }>>();
 
-/** The GGUF name of a linear module's weight, and its [out, in] shape under `config`. */
+function linearSpecs(c: ModelConfig): Map<string, { spec: LinearSpec; layer: number }> {
+  let m = specsByConfig.get(c);
+  if (!m) {
+    m = new Map();
+    familyOf(c.architecture).moduleMap(c).layers.forEach((l, i) => { for (const spec of l.linears) m!.set(spec.name, { spec, layer: i }); });
+    specsByConfig.set(c, m);
+  }
+  return m;
+}
+
+/** The GGUF name of a linear module's weight, and its [out, in] shape under `config` (module map of the family). */
 export function ggufBaseTensor(module: string, config: ModelConfig): { name: string; out: number; in: number; kind: 'q' | 'k' | 'other' } {
   const c = config;
+  const map = ggufArchitecture(c);
   if (module === 'lm_head') return { name: 'output.weight', out: c.vocabSize, in: c.hiddenSize, kind: 'other' };
-  const m = /^model\.layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)$/.exec(module);
-  if (!m || Number(m[1]) >= c.numLayers)
+  const found = linearSpecs(c).get(module);
+  const tensor = found ? map.tensors[found.spec.role] : undefined;
+  if (!found || !tensor)
     throw new PeftError('LoRA module has no GGUF counterpart', {
-      field: module, expected: `model.layers.{0..${c.numLayers - 1}}.self_attn.{q,k,v,o}_proj, model.layers.{i}.mlp.{gate,up,down}_proj or lm_head`,
+      field: module, expected: `a linear layer of the model (${Object.keys(map.tensors).join(', ')} roles, layers 0..${c.numLayers - 1}) or lm_head`,
     });
-  const i = Number(m[1]);
-  const q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim, H = c.hiddenSize, I = c.intermediateSize;
-  const dims: Record<string, [number, number]> = {
-    'self_attn.q_proj': [q, H], 'self_attn.k_proj': [kv, H], 'self_attn.v_proj': [kv, H], 'self_attn.o_proj': [H, q],
-    'mlp.gate_proj': [I, H], 'mlp.up_proj': [I, H], 'mlp.down_proj': [H, I],
-  };
-  const [out, inp] = dims[m[2]];
-  return { name: `blk.${i}.${LAYER_SUFFIX[m[2]]}.weight`, out, in: inp, kind: m[2] === 'self_attn.q_proj' ? 'q' : m[2] === 'self_attn.k_proj' ? 'k' : 'other' };
+  const role = found.spec.role;
+  return { name: `blk.${found.layer}.${tensor}.weight`, out: found.spec.outFeatures, in: found.spec.inFeatures, kind: role === 'q' ? 'q' : role === 'k' ? 'k' : 'other' };
 }
 
 /**

@@ -17,7 +17,7 @@
  * form a character are held back), finds stop strings, and emits only text that can no longer
  * become part of a stop string. The returned text never contains the stop string.
  */
-import { cachedSeqRows, defaultContext, forwardCached, lmLogits, type CachedSeq, type CausalLM, type ForwardContext } from '../models/llama.js';
+import { cachedSeqRows, defaultContext, forwardCached, lmLogits, type CachedSeq, type CausalLM, type ForwardContext } from '../models/model.js';
 import { noGrad, Tensor, withArena } from '../tensor/index.js';
 import { defaultSequenceSetup, type SequenceSetup } from './generate.js';
 import { KVCache } from './kv-cache.js';

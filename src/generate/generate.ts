@@ -4,7 +4,7 @@
  * (`generateBatch`): their linear layers run as one batch each step, each with its own cache
  * (no padding), and each row may use a different adapter.
  */
-import { cachedSeqRows, defaultContext, forwardCached, lmLogits, type CachedSeq, type CausalLM, type ForwardContext } from '../models/llama.js';
+import { cachedSeqRows, defaultContext, forwardCached, lmLogits, type CachedSeq, type CausalLM, type ForwardContext } from '../models/model.js';
 import { noGrad, Tensor, withArena } from '../tensor/index.js';
 import { KVCache } from './kv-cache.js';
 import { checkSampling, makeRng, sampleToken, type SamplingOptions } from './sampling.js';

@@ -26,7 +26,7 @@ import { PeftError } from '../errors.js';
 import { exportLoraGguf } from '../export/gguf-lora.js';
 import { readSafetensorsLazy, readModelWeights } from '../io/safetensors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
-import { defaultContext, forwardHidden, lmLogits, type CausalLM } from '../models/llama.js';
+import { defaultContext, forwardHidden, lmLogits, type CausalLM } from '../models/model.js';
 import { readAdapterConfig } from '../peft/config.js';
 import { loadAdapter } from '../peft/format.js';
 import { PeftModel } from '../peft/peft-model.js';

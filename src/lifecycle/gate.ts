@@ -26,7 +26,7 @@ import { parse as parseYaml } from 'yaml';
 import { PeftError } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import type { Tokenizer } from '../io/tokenizer.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { sequenceSetup } from '../peft/attach.js';
 import { loadAdapter } from '../peft/format.js';
 import { PeftModel } from '../peft/peft-model.js';

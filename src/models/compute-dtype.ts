@@ -16,7 +16,7 @@
 import { PeftError } from '../errors.js';
 import { native } from '../native/index.js';
 import type { Weight } from '../tensor/index.js';
-import { linearModules, type CausalLM } from './llama.js';
+import { linearModules, type CausalLM } from './model.js';
 
 export type ComputeDtype = 'float32' | 'bf16';
 export const COMPUTE_DTYPES: ComputeDtype[] = ['float32', 'bf16'];

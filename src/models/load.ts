@@ -1,14 +1,16 @@
 /**
- * Loading a Llama-family model from a Hugging Face directory: config.json, model.safetensors or a
- * sharded checkpoint (model.safetensors.index.json), F32/F16/BF16 tensors. Every expected tensor
- * is checked against the config; a missing tensor or a shape mismatch is a PeftError naming the
- * tensor, the expected and the found shape.
+ * Loading a causal LM from a Hugging Face directory: config.json (parsed by the architecture's
+ * family, see registry.ts), model.safetensors or a sharded checkpoint (model.safetensors.index.json),
+ * F32/F16/BF16 tensors. The family's module map names every expected tensor and its shape; a
+ * missing tensor, a shape mismatch or a left-over tensor is a PeftError naming the tensor, the
+ * expected and the found shape.
  */
 import { PeftError } from '../errors.js';
 import { readModelWeights, toFloat32, type TensorEntry } from '../io/safetensors.js';
 import { f32Weight, Tensor, type Weight } from '../tensor/index.js';
-import { loadConfig, ropeInvFreq, type ModelConfig } from './config.js';
-import type { CausalLM, DecoderLayer, EmbeddingTable, LinearModule } from './llama.js';
+import { ropeInvFreq, type ModelConfig, type RopeConfig } from './config.js';
+import type { CausalLM, DecoderLayer, EmbeddingTable, LayerRope, LinearModule, LinearSpec, Norm, NormSpec } from './model.js';
+import { familyOf, loadConfig } from './registry.js';
 
 export interface LoadOptions {
   /**
@@ -54,19 +56,41 @@ function weightOf(e: TensorEntry, opts: LoadOptions): Weight {
   return f32Weight(t);
 }
 
-function linearModule(weights: Weights, name: string, out: number, inp: number, bias: boolean, dir: string, opts: LoadOptions): LinearModule {
-  let weight = weightOf(take(weights, `${name}.weight`, [out, inp], dir), opts);
-  if (opts.weightTransform) weight = opts.weightTransform(name, weight);
-  const b = bias ? f32Tensor(take(weights, `${name}.bias`, [out], dir)) : null;
-  return { name, inFeatures: inp, outFeatures: out, weight, bias: b, pre: [], post: [] };
+/** [rows, cols] row-major → [cols, rows] (GPT-2 Conv1D weights are stored [in, out]). */
+function transposeEntry(e: TensorEntry): TensorEntry {
+  const [R, C] = e.shape;
+  const size = e.dtype === 'F64' ? 8 : e.dtype === 'F32' ? 4 : 2;
+  const src = e.data, out = new Uint8Array(src.length);
+  for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) out.set(src.subarray((r * C + c) * size, (r * C + c + 1) * size), (c * R + r) * size);
+  return { ...e, shape: [C, R], data: out };
 }
 
-/** Builds a model from a validated config and its weights map (consumed). */
+function linearModule(weights: Weights, spec: LinearSpec, dir: string, opts: LoadOptions): LinearModule {
+  const { name, outFeatures: out, inFeatures: inp } = spec;
+  const fifo = spec.fanInFanOut ?? false;
+  const e = fifo ? transposeEntry(take(weights, `${name}.weight`, [inp, out], dir)) : take(weights, `${name}.weight`, [out, inp], dir);
+  let weight = weightOf(e, opts);
+  if (opts.weightTransform) weight = opts.weightTransform(name, weight);
+  const b = spec.bias ? f32Tensor(take(weights, `${name}.bias`, [out], dir)) : null;
+  return { name, inFeatures: inp, outFeatures: out, weight, bias: b, fanInFanOut: fifo, pre: [], post: [] };
+}
+
+function norm(weights: Weights, spec: NormSpec, dir: string): Norm {
+  return {
+    name: spec.name,
+    weight: f32Tensor(take(weights, `${spec.name}.weight`, [spec.size], dir)),
+    bias: spec.bias ? f32Tensor(take(weights, `${spec.name}.bias`, [spec.size], dir)) : null,
+  };
+}
+
+/** Builds a model from a validated config and its weights map (consumed), following the family's module map. */
 export function buildModel(config: ModelConfig, weights: Weights, dir: string, opts: LoadOptions = {}): CausalLM {
   const c = config;
-  const H = c.hiddenSize, I = c.intermediateSize, V = c.vocabSize;
-  const qOut = c.numHeads * c.headDim, kvOut = c.numKvHeads * c.headDim;
-  const embE = take(weights, 'model.embed_tokens.weight', [V, H], dir);
+  const family = familyOf(c.architecture, dir);
+  const map = family.moduleMap(c);
+  family.sanitize?.(weights as Map<string, unknown>);
+  const H = c.hiddenSize, V = c.vocabSize;
+  const embE = take(weights, `${map.embed}.weight`, [V, H], dir);
   let embedTokens: EmbeddingTable;
   let embedWeight: Weight;
   if (embE.dtype === 'BF16' && (opts.dtype ?? 'auto') === 'auto') {
@@ -78,44 +102,42 @@ export function buildModel(config: ModelConfig, weights: Weights, dir: string, o
     embedTokens = { kind: 'f32', tensor: t };
     embedWeight = f32Weight(t);
   }
-  const layers: DecoderLayer[] = [];
-  for (let i = 0; i < c.numLayers; i++) {
-    const p = `model.layers.${i}`;
-    layers.push({
-      index: i,
-      inputLayernorm: f32Tensor(take(weights, `${p}.input_layernorm.weight`, [H], dir)),
-      postAttentionLayernorm: f32Tensor(take(weights, `${p}.post_attention_layernorm.weight`, [H], dir)),
-      q: linearModule(weights, `${p}.self_attn.q_proj`, qOut, H, c.qkvBias, dir, opts),
-      k: linearModule(weights, `${p}.self_attn.k_proj`, kvOut, H, c.qkvBias, dir, opts),
-      v: linearModule(weights, `${p}.self_attn.v_proj`, kvOut, H, c.qkvBias, dir, opts),
-      o: linearModule(weights, `${p}.self_attn.o_proj`, H, qOut, c.oBias, dir, opts),
-      gate: linearModule(weights, `${p}.mlp.gate_proj`, I, H, c.mlpBias, dir, opts),
-      up: linearModule(weights, `${p}.mlp.up_proj`, I, H, c.mlpBias, dir, opts),
-      down: linearModule(weights, `${p}.mlp.down_proj`, H, I, c.mlpBias, dir, opts),
-      afterAttention: [],
-      afterMlp: [],
-      prefix: null,
-    });
-  }
-  const norm = f32Tensor(take(weights, 'model.norm.weight', [H], dir));
+  const embedPositions = map.positions
+    ? { name: map.positions.name, weight: f32Tensor(take(weights, `${map.positions.name}.weight`, [map.positions.count, H], dir)), bias: null }
+    : null;
+  // one LayerRope per distinct RoPE configuration (one table per forward)
+  const ropes = new Map<string, LayerRope>();
+  const ropeOf = (r: RopeConfig | null): LayerRope | null => {
+    if (!r) return null;
+    const key = JSON.stringify(r);
+    let lr = ropes.get(key);
+    if (!lr) ropes.set(key, (lr = ropeInvFreq(r, c.headDim)));
+    return lr;
+  };
+  const layers: DecoderLayer[] = map.layers.map((spec, i) => ({
+    index: i,
+    norms: Object.fromEntries(spec.norms.map((n) => [n.role, norm(weights, n, dir)])),
+    linears: Object.fromEntries(spec.linears.map((l) => [l.role, linearModule(weights, l, dir, opts)])),
+    rope: ropeOf(c.layers[i].rope),
+    window: c.layers[i].window,
+    afterAttention: [],
+    afterMlp: [],
+    prefix: null,
+  }));
+  const finalNorm = norm(weights, map.finalNorm, dir);
   let lmHead: LinearModule;
   if (c.tieWordEmbeddings) {
-    weights.delete('lm_head.weight'); // some checkpoints store the tied copy too
-    lmHead = { name: 'lm_head', inFeatures: H, outFeatures: V, weight: embedWeight, bias: null, pre: [], post: [] };
+    weights.delete(`${map.lmHead}.weight`); // some checkpoints store the tied copy too
+    lmHead = { name: map.lmHead, inFeatures: H, outFeatures: V, weight: embedWeight, bias: null, fanInFanOut: false, pre: [], post: [] };
   } else {
-    lmHead = linearModule(weights, 'lm_head', V, H, false, dir, { ...opts, weightTransform: undefined });
-  }
-  for (const name of weights.keys()) {
-    if (/rotary_emb\.inv_freq$/.test(name)) weights.delete(name); // buffers some old checkpoints carry
+    lmHead = linearModule(weights, { role: 'lm_head', name: map.lmHead, inFeatures: H, outFeatures: V, bias: false }, dir, { ...opts, weightTransform: undefined });
   }
   if (weights.size > 0) {
     const names = [...weights.keys()];
     throw new PeftError('unexpected tensors in checkpoint', { file: dir, field: names.slice(0, 5).join(', ') + (names.length > 5 ? `, … (${names.length} in all)` : ''), expected: `only the tensors of ${c.architecture}` });
   }
-  const { invFreq, attentionScaling } = ropeInvFreq(c.rope, c.headDim);
-  return { config: c, dir, embedTokens, layers, norm, lmHead, invFreq, attentionScaling, inputHooks: [] };
+  return { config: c, family, dir, embedName: map.embed, embedTokens, embedPositions, layers, norm: finalNorm, lmHead, inputHooks: [] };
 }
-
 /** Loads a causal LM from a Hugging Face model directory. */
 export function loadModel(dir: string, opts: LoadOptions = {}): CausalLM {
   const config = loadConfig(dir);

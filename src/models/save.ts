@@ -8,26 +8,39 @@ import { join } from 'node:path';
 import { moveFilesInto, writeJsonAtomic } from '../io/atomic.js';
 import { writeSafetensorsFile, type TensorToWrite } from '../io/safetensors.js';
 import { weightToF32 } from '../tensor/index.js';
-import type { CausalLM, LinearModule } from './llama.js';
+import { layerLinears, type CausalLM, type LinearModule, type Norm } from './model.js';
 
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model', 'generation_config.json', 'chat_template.jinja'];
 
-/** The model's tensors under their HF names, as float32. */
+/** [rows, cols] → [cols, rows] float32. */
+function transposed(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
+  return out;
+}
+
+/** The model's tensors under their HF names, as float32, in module-map order (Conv1D weights back to [in, out]). */
 export function modelTensors(model: CausalLM): TensorToWrite[] {
   const out: TensorToWrite[] = [];
   const e = model.embedTokens;
   const embed = e.kind === 'f32' ? e.tensor.data : weightToF32({ rows: e.shape[0], cols: e.shape[1], data: { kind: 'bf16', bits: e.bits } });
-  out.push({ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [model.config.vocabSize, model.config.hiddenSize], data: embed });
+  out.push({ name: `${model.embedName}.weight`, dtype: 'F32', shape: [model.config.vocabSize, model.config.hiddenSize], data: embed });
+  const norm = (n: Norm): void => {
+    out.push({ name: `${n.name}.weight`, dtype: 'F32', shape: [...n.weight.shape], data: n.weight.data });
+    if (n.bias) out.push({ name: `${n.name}.bias`, dtype: 'F32', shape: [...n.bias.shape], data: n.bias.data });
+  };
+  if (model.embedPositions) norm(model.embedPositions);
   const lin = (m: LinearModule): void => {
-    out.push({ name: `${m.name}.weight`, dtype: 'F32', shape: [m.outFeatures, m.inFeatures], data: weightToF32(m.weight) });
+    const w = weightToF32(m.weight);
+    if (m.fanInFanOut) out.push({ name: `${m.name}.weight`, dtype: 'F32', shape: [m.inFeatures, m.outFeatures], data: transposed(w, m.outFeatures, m.inFeatures) });
+    else out.push({ name: `${m.name}.weight`, dtype: 'F32', shape: [m.outFeatures, m.inFeatures], data: w });
     if (m.bias) out.push({ name: `${m.name}.bias`, dtype: 'F32', shape: [m.outFeatures], data: m.bias.data });
   };
   for (const l of model.layers) {
-    out.push({ name: `model.layers.${l.index}.input_layernorm.weight`, dtype: 'F32', shape: [model.config.hiddenSize], data: l.inputLayernorm.data });
-    out.push({ name: `model.layers.${l.index}.post_attention_layernorm.weight`, dtype: 'F32', shape: [model.config.hiddenSize], data: l.postAttentionLayernorm.data });
-    for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) lin(m);
+    for (const n of Object.values(l.norms)) norm(n);
+    for (const m of layerLinears(l)) lin(m);
   }
-  out.push({ name: 'model.norm.weight', dtype: 'F32', shape: [model.config.hiddenSize], data: model.norm.data });
+  norm(model.norm);
   if (!model.config.tieWordEmbeddings) lin(model.lmHead);
   return out;
 }

@@ -45,6 +45,10 @@ export interface AttentionShape {
   scale: number;
   /** Query i sees keys j <= (Tk - Tq) + i. */
   causal: boolean;
+  /** Sliding window (> 0): query i sees only keys j > (Tk − Tq) + i − window (transformers' sliding_window); 0/absent = all. */
+  window?: number;
+  /** Soft-capping (> 0): scores become softcap·tanh(score/softcap) before masking (Gemma 2); 0/absent = none. */
+  softcap?: number;
   /** [B, Tk], 1 = attend, 0 = padding. */
   keyMask?: Uint8Array | null;
   /** Segment ids [B, Tq] / [B, Tk]: a query sees only keys of its own segment (packing). */

@@ -4,7 +4,7 @@
  * its virtual tokens first and shifts positions).
  */
 import type { SequenceSetup } from '../generate/generate.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { loadAdapter } from './format.js';
 import { PeftModel, sequenceSetup } from './peft-model.js';
 

@@ -17,7 +17,7 @@
  * [hidden, bottleneck], up_proj.bias [hidden]).
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM, DecoderLayer, ForwardContext } from '../models/llama.js';
+import type { CausalLM, DecoderLayer, ForwardContext } from '../models/model.js';
 import { Act, native } from '../native/index.js';
 import { activation, add, allocF32, f32Weight, linear, Tensor } from '../tensor/index.js';
 import { ConfigReader } from './config.js';

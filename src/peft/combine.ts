@@ -33,8 +33,8 @@
  * scaling = 1) for every module whose rank differs, so a save → load reproduces it exactly.
  */
 import { PeftError } from '../errors.js';
-import type { LinearModule } from '../models/llama.js';
-import { linearModules } from '../models/llama.js';
+import type { LinearModule } from '../models/model.js';
+import { linearModules } from '../models/model.js';
 import { parseLoraConfig } from './config.js';
 import { isTargeted, moduleSuffixes } from './inject.js';
 import { LoraAdapter, type LoraLayer } from './lora.js';

@@ -10,14 +10,14 @@
  * Several active IA3 adapters multiply their scalings, as PEFT does.
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM, ForwardContext, LinearModule } from '../models/llama.js';
-import { linearModules } from '../models/llama.js';
+import type { CausalLM, ForwardContext, LinearModule } from '../models/model.js';
+import { linearModules } from '../models/model.js';
 import { native } from '../native/index.js';
 import { f32Weight, mulFeatures, Tensor, weightToF32, type Weight } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { loadStateDict, registerAdapterLoader } from './registry.js';
 import { normalRng } from '../tensor/random.js';
-import { isTargeted, moduleSuffixes } from './inject.js';
+import { configRegex, isTargeted, moduleSuffixes } from './inject.js';
 import { peftKey } from './lora.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 
@@ -39,19 +39,6 @@ export interface Ia3Config {
   revision: string | null;
 }
 
-/** PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING (the model families this project loads). */
-export const DEFAULT_IA3_TARGETS: Record<string, string[]> = {
-  llama: ['k_proj', 'v_proj', 'down_proj'],
-  mistral: ['k_proj', 'v_proj', 'down_proj'],
-  qwen2: ['q_proj', 'v_proj', 'down_proj'],
-};
-
-/** PEFT's TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING. */
-export const DEFAULT_IA3_FEEDFORWARD: Record<string, string[]> = {
-  llama: ['down_proj'],
-  mistral: ['down_proj'],
-  qwen2: ['down_proj'],
-};
 
 /** Validates an IA3 config (adapter_config.json or user options), filling PEFT's defaults. */
 export function parseIa3Config(raw: Record<string, unknown>, file = 'IA3 config'): Ia3Config {
@@ -69,8 +56,6 @@ export function parseIa3Config(raw: Record<string, unknown>, file = 'IA3 config'
     inference_mode: c.bool('inference_mode', false),
     revision: c.strOrNull('revision'),
   };
-  if (cfg.fan_in_fan_out)
-    throw new PeftError('fan_in_fan_out is for GPT-2 style Conv1D layers, which this model family does not have', { file, field: 'fan_in_fan_out', expected: 'false', found: 'true' });
   if (cfg.modules_to_save && cfg.modules_to_save.length > 0)
     throw new PeftError('modules_to_save is not supported for IA3 adapters', { file, field: 'modules_to_save', expected: 'null', found: JSON.stringify(cfg.modules_to_save) });
   const t = cfg.target_modules, ff = cfg.feedforward_modules;
@@ -104,8 +89,9 @@ export class Ia3Adapter implements AdapterMethod {
 
   constructor(readonly model: CausalLM, readonly cfg: Ia3Config, seed = 0, file = 'IA3 config') {
     const mt = model.config.modelType;
-    const targets = cfg.target_modules ?? DEFAULT_IA3_TARGETS[mt];
-    let ff = cfg.feedforward_modules ?? DEFAULT_IA3_FEEDFORWARD[mt];
+    // PEFT's TRANSFORMERS_MODELS_TO_IA3_{TARGET,FEEDFORWARD}_MODULES_MAPPING, from the architecture family
+    const targets = cfg.target_modules ?? model.family.peft?.ia3;
+    let ff = cfg.feedforward_modules ?? model.family.peft?.ia3Feedforward;
     // with explicit targets, the default feedforward modules are those of them (PEFT requires a subset)
     if (cfg.feedforward_modules === null && cfg.target_modules !== null && Array.isArray(targets) && Array.isArray(ff)) ff = ff.filter((m) => targets.includes(m));
     if (Array.isArray(targets) && Array.isArray(ff) && ff.some((m) => !targets.includes(m)))
@@ -126,7 +112,7 @@ export class Ia3Adapter implements AdapterMethod {
     const rnd = normalRng(seed);
     for (const m of modules) {
       // PEFT `_check_target_module_feedforward`: a regex must match the whole name; list entries are plain suffixes
-      const feedforward = typeof ff === 'string' ? new RegExp(`^(?:${ff})$`).test(m.name) : ff.some((k) => m.name.endsWith(k));
+      const feedforward = typeof ff === 'string' ? configRegex(`^(?:${ff})$`, 'feedforward_modules', ff).test(m.name) : ff.some((k) => m.name.endsWith(k));
       const n = feedforward ? m.inFeatures : m.outFeatures;
       const data = new Float32Array(n);
       if (cfg.init_ia3_weights) data.fill(1);
@@ -142,7 +128,8 @@ export class Ia3Adapter implements AdapterMethod {
       auto_mapping: null,
       base_model_name_or_path: c.base_model_name_or_path,
       exclude_modules: c.exclude_modules,
-      fan_in_fan_out: false,
+      // PEFT sets it for Conv1D targets (GPT-2) and clears it for nn.Linear ones
+      fan_in_fan_out: [...this.layers.values()].some((l) => l.module.fanInFanOut),
       feedforward_modules: this.feedforwardModules,
       inference_mode: true,
       init_ia3_weights: c.init_ia3_weights,

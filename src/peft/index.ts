@@ -16,6 +16,6 @@ export {
   combineLora, combineLoraDetailed, householderQR, jacobiSvd, LORA_COMBINATIONS, lowRankSvd,
   type CombinedModule, type CombineOptions, type CombineResult, type CombineSource, type LoraCombination,
 } from './combine.js';
-export { createIa3Adapter, DEFAULT_IA3_FEEDFORWARD, DEFAULT_IA3_TARGETS, Ia3Adapter, parseIa3Config, type Ia3Config, type Ia3Layer } from './ia3.js';
+export { createIa3Adapter, Ia3Adapter, parseIa3Config, type Ia3Config, type Ia3Layer } from './ia3.js';
 export { createPrefixAdapter, parsePrefixConfig, PrefixAdapter, type PrefixConfig } from './prefix.js';
 export { createPromptAdapter, parsePromptConfig, PromptAdapter, textInitIds, type PromptConfig, type PromptTuningInit } from './prompt.js';

@@ -8,8 +8,33 @@
  * - `layers_to_transform` keeps only modules of those layer indices (first numbered segment);
  * - modules in `modules_to_save` and `exclude_modules` are never targeted.
  */
-import type { CausalLM, LinearModule } from '../models/llama.js';
-import { linearModules } from '../models/llama.js';
+import { PeftError } from '../errors.js';
+import type { CausalLM, LinearModule } from '../models/model.js';
+import { linearModules } from '../models/model.js';
+
+/** Longest pattern compiled from a config (module names are < 200 characters; a 100,000-character regex is an attack). */
+const MAX_PATTERN_LENGTH = 4096;
+const regexCache = new Map<string, RegExp>();
+
+/**
+ * `new RegExp(source)` for a pattern taken from a config (`field` names the key): an invalid or
+ * oversized expression is a PeftError naming the field instead of a SyntaxError with a stack.
+ */
+export function configRegex(source: string, field: string, pattern: string = source): RegExp {
+  const hit = regexCache.get(source);
+  if (hit) return hit;
+  if (pattern.length > MAX_PATTERN_LENGTH)
+    throw new PeftError('pattern too long', { field, expected: `a regular expression of at most ${MAX_PATTERN_LENGTH} characters`, found: `${pattern.length} characters` });
+  let re: RegExp;
+  try {
+    re = new RegExp(source);
+  } catch (e) {
+    throw new PeftError('invalid regular expression', { field, expected: 'a valid regular expression (matched against module names)', found: `${JSON.stringify(pattern.slice(0, 60))}: ${(e as Error).message.split(': ').pop()}` });
+  }
+  if (regexCache.size > 1000) regexCache.clear();
+  regexCache.set(source, re);
+  return re;
+}
 
 export interface TargetSpec {
   target_modules: string | string[] | null;
@@ -24,8 +49,8 @@ function endsWithModule(key: string, target: string): boolean {
 }
 
 /** Python-style `re.fullmatch`. */
-function fullMatch(pattern: string, key: string): boolean {
-  return new RegExp(`^(?:${pattern})$`).test(key);
+function fullMatch(pattern: string, key: string, field = 'target_modules'): boolean {
+  return configRegex(`^(?:${pattern})$`, field, pattern).test(key);
 }
 
 function layerIndex(key: string, layersPattern: string | string[] | null | undefined): number | null {
@@ -37,7 +62,7 @@ function layerIndex(key: string, layersPattern: string | string[] | null | undef
     return m ? Number(m[1]) : null;
   }
   for (const p of patterns) {
-    const m = new RegExp(`^(?:.*?\\.)?${p}\\.(\\d+)\\.`).exec(key);
+    const m = configRegex(`^(?:.*?\\.)?${p}\\.(\\d+)\\.`, 'layers_pattern', p).exec(key);
     if (m) return Number(m[1]);
   }
   return null;
@@ -47,9 +72,9 @@ function layerIndex(key: string, layersPattern: string | string[] | null | undef
 export function isTargeted(spec: TargetSpec, key: string): boolean {
   const ex = spec.exclude_modules;
   if (ex) {
-    if (typeof ex === 'string' ? fullMatch(ex, key) : ex.some((e) => endsWithModule(key, e))) return false;
+    if (typeof ex === 'string' ? fullMatch(ex, key, 'exclude_modules') : ex.some((e) => endsWithModule(key, e))) return false;
   }
-  if (spec.modules_to_save?.some((m) => new RegExp(`(^|.*\\.)${m}($|\\..*)`).test(key))) return false;
+  if (spec.modules_to_save?.some((m) => configRegex(`(^|.*\\.)${m}($|\\..*)`, 'modules_to_save', m).test(key))) return false;
   const t = spec.target_modules;
   if (t === null) return false;
   if (typeof t === 'string') {
@@ -76,7 +101,7 @@ export function targetedLinears(model: CausalLM, spec: TargetSpec): LinearModule
 
 /** PEFT's `get_pattern_key`: the rank_pattern/alpha_pattern key matching a module name, or null. */
 export function patternKey(patterns: Record<string, unknown>, key: string): string | null {
-  for (const p of Object.keys(patterns)) if (new RegExp(`^(?:.*\\.)?(?:${p})$`).test(key)) return p;
+  for (const p of Object.keys(patterns)) if (configRegex(`^(?:.*\\.)?(?:${p})$`, 'rank_pattern / alpha_pattern', p).test(key)) return p;
   return null;
 }
 

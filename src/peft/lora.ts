@@ -7,18 +7,19 @@
  * lora_bias (a bias on B, scaled with it), bias = none | all | lora_only, modules_to_save.
  */
 import { PeftError } from '../errors.js';
-import type { Batch, CausalLM, ForwardContext, LinearModule } from '../models/llama.js';
-import { linearModules } from '../models/llama.js';
+import type { Batch, CausalLM, ForwardContext, LinearModule } from '../models/model.js';
+import { linearModules, tokenEmbeddings } from '../models/model.js';
 import { native } from '../native/index.js';
 import {
-  allocF32, dropout, embedding, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32, type Weight,
+  allocF32, dropout, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32, type Weight,
 } from '../tensor/index.js';
 import type { ModelConfig } from '../models/config.js';
-import { DEFAULT_LORA_TARGETS, parseLoraConfig, type LoraConfig } from './config.js';
+import { parseLoraConfig, type LoraConfig } from './config.js';
 import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 import { gaussian, uniformRng } from '../tensor/random.js';
 import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry.js';
+import { reconcileEmbeddingSaves } from './embedding-saves.js';
 import { checkLoraSizes } from './preflight.js';
 import { doraVariant } from './dora.js';
 
@@ -138,11 +139,16 @@ export class LoraAdapter implements AdapterMethod {
   readonly copies = new Map<string, { weight: Tensor; bias: Tensor | null }>();
   /** Base biases this adapter trains (bias = all | lora_only), keyed by module name. */
   readonly biases = new Map<string, Tensor>();
+  /** What loading this adapter from a directory accepted and ignored (printed by the CLI). */
+  readonly loadNotes: string[] = [];
   /** The model config before merge() untied lm_head from embed_tokens (restored by unmerge). */
   private tiedConfig: ModelConfig | null = null;
 
   constructor(readonly model: CausalLM, readonly cfg: LoraConfig, seed = 0) {
-    const targets = cfg.target_modules ?? DEFAULT_LORA_TARGETS[model.config.modelType] ?? ['q_proj', 'v_proj'];
+    // PEFT's default targets come from the architecture family (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+    const targets = cfg.target_modules ?? model.family.peft?.lora;
+    if (!targets)
+      throw new PeftError(`no default LoRA target modules for ${model.config.architecture}; set target_modules`, { field: 'target_modules', expected: 'a list of module names', found: 'null' });
     const spec = { ...cfg, target_modules: targets };
     const modules = linearModules(model).filter((m) => isTargeted(spec, m.name));
     if (modules.length === 0)
@@ -183,11 +189,11 @@ export class LoraAdapter implements AdapterMethod {
 
   private addCopy(name: string): void {
     const model = this.model;
-    if (/(^|\.)embed_tokens$/.test(name)) {
+    if (name === model.embedName || model.embedName.endsWith(`.${name}`)) {
       const e = model.embedTokens;
       const data = e.kind === 'f32' ? e.tensor.data.slice() : weightToF32({ rows: e.shape[0], cols: e.shape[1], data: { kind: 'bf16', bits: e.bits } });
       const shape = e.kind === 'f32' ? e.tensor.shape : e.shape;
-      this.copies.set('model.embed_tokens', { weight: Tensor.param(data, [...shape], false), bias: null });
+      this.copies.set(model.embedName, { weight: Tensor.param(data, [...shape], false), bias: null });
       return;
     }
     const m = linearModules(model).find((x) => x.name === name || x.name.endsWith(`.${name}`));
@@ -207,7 +213,9 @@ export class LoraAdapter implements AdapterMethod {
       base_model_name_or_path: c.base_model_name_or_path,
       bias: c.bias,
       exclude_modules: c.exclude_modules,
-      fan_in_fan_out: false,
+      // PEFT sets it (with a warning) when the targets are Conv1D layers (GPT-2) and clears it for nn.Linear ones;
+      // the factors' shapes are the same either way, and our weights are [out, in] in memory
+      fan_in_fan_out: [...this.layers.values()].some((l) => l.module.fanInFanOut),
       inference_mode: true,
       init_lora_weights: c.init_lora_weights,
       layer_replication: null,
@@ -264,7 +272,7 @@ export class LoraAdapter implements AdapterMethod {
   }
 
   linearTargets(): Set<string> {
-    return new Set([...this.layers.keys(), ...[...this.copies.keys()].filter((k) => k !== 'model.embed_tokens')]);
+    return new Set([...this.layers.keys(), ...[...this.copies.keys()].filter((k) => k !== this.model.embedName)]);
   }
 
   linearPost(m: LinearModule, x: Tensor, y: Tensor, ctx: ForwardContext, rows?: RowRange): Tensor {
@@ -288,9 +296,9 @@ export class LoraAdapter implements AdapterMethod {
   }
 
   input(embeds: Tensor, batch: Batch, _ctx: ForwardContext): { embeds: Tensor; batch: Batch } {
-    const copy = this.copies.get('model.embed_tokens');
+    const copy = this.copies.get(this.model.embedName);
     if (!copy) return { embeds, batch };
-    return { embeds: embedding(copy.weight, batch.ids), batch };
+    return { embeds: tokenEmbeddings(this.model, batch.ids, copy.weight), batch };
   }
 
   /**
@@ -408,8 +416,11 @@ export function loadLoraTensors(a: LoraAdapter, tensors: TensorMap, file: string
 
 registerAdapterLoader('LORA', (model, raw, tensors, files) => {
   const cfg = parseLoraConfig(raw, files.config);
+  // HF PEFT's save_embedding_layers copies of the base embedding layers: checked, then dropped
+  const notes = reconcileEmbeddingSaves(model, tensors, files.tensors);
   checkLoraSizes(model, cfg, tensors, files); // before the adapter allocates r × width per module
   const a = new LoraAdapter(model, cfg);
   loadLoraTensors(a, tensors, files.tensors);
+  a.loadNotes.push(...notes);
   return a;
 });

@@ -4,7 +4,7 @@
  * float32); re-quantization to 4 bits happens only when asked, and its error is reported.
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM } from '../models/llama.js';
+import { findLinear, type CausalLM } from '../models/model.js';
 import { saveModelDir } from '../models/save.js';
 import { saveQuantizedCheckpoint } from '../quant/bnb-checkpoint.js';
 import { decoderLinears, q4QuantType, q4SourceDtype, quantizeModel, quantizeWeight, type QuantizeWeightOptions } from '../quant/quantize-model.js';
@@ -48,7 +48,7 @@ export function quantizationSettings(model: CausalLM): Map<string, QuantizeWeigh
 /** Replaces every 4-bit linear weight by its float32 dequantization; returns the quant type found (or null). */
 export function dequantizeModel(model: CausalLM): 'nf4' | 'fp4' | null {
   let type: 'nf4' | 'fp4' | null = null;
-  for (const l of model.layers) for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) {
+  for (const m of decoderLinears(model)) {
     if (m.weight.data.kind !== 'q4') continue;
     type = q4QuantType(m.weight.data.q4) as 'nf4' | 'fp4';
     m.weight = f32Weight(Tensor.param(weightToF32(m.weight), [m.outFeatures, m.inFeatures], false));
@@ -74,9 +74,9 @@ export function mergeAdapter(model: CausalLM, adapterDir: string, outDir: string
   if (a.copies.size > 0) {
     // modules_to_save: the trained copies replace the base modules
     for (const [name, c] of a.copies) {
-      if (name === 'model.embed_tokens') model.embedTokens = { kind: 'f32', tensor: c.weight };
+      if (name === model.embedName) model.embedTokens = { kind: 'f32', tensor: c.weight };
       else {
-        const m = [model.lmHead, ...model.layers.flatMap((l) => [l.q, l.k, l.v, l.o, l.gate, l.up, l.down])].find((x) => x.name === name)!;
+        const m = findLinear(model, name)!;
         m.weight = f32Weight(c.weight);
         m.bias = c.bias;
         if (name === 'lm_head' && model.config.tieWordEmbeddings) model.config = { ...model.config, tieWordEmbeddings: false, raw: { ...model.config.raw, tie_word_embeddings: false } };

@@ -9,8 +9,8 @@
  */
 import { PeftError } from '../errors.js';
 import { registerSequenceSetup, type SequenceSetup } from '../generate/generate.js';
-import type { CausalLM, DecoderLayer, ForwardContext, LinearModule } from '../models/llama.js';
-import { linearModules, namedParameters } from '../models/llama.js';
+import type { CausalLM, DecoderLayer, ForwardContext, LinearModule } from '../models/model.js';
+import { linearModules, namedParameters } from '../models/model.js';
 import { add, scale, Tensor } from '../tensor/index.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 

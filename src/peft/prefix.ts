@@ -17,8 +17,8 @@
  */
 import { PeftError } from '../errors.js';
 import type { KVCache } from '../generate/kv-cache.js';
-import type { Batch, CausalLM, DecoderLayer, ForwardContext } from '../models/llama.js';
-import { defaultPositions } from '../models/llama.js';
+import type { Batch, CausalLM, DecoderLayer, ForwardContext } from '../models/model.js';
+import { defaultPositions } from '../models/model.js';
 import { f32Weight, gradOf, linear, noGrad, record, repeatBatch, Tensor, withArena } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { registerAdapterLoader, type TensorMap } from './registry.js';

@@ -8,7 +8,7 @@
  * to it costs at most a few times the base model's own largest weight.
  */
 import { PeftError } from '../errors.js';
-import { linearModules, type CausalLM } from '../models/llama.js';
+import { linearModules, type CausalLM } from '../models/model.js';
 import type { LoraConfig } from './config.js';
 import { patternKey } from './inject.js';
 import type { AdapterFiles, TensorMap } from './registry.js';

@@ -9,14 +9,14 @@
  *   drops position_ids). Here passed positions are honoured, shifted by P: with the cumsum
  *   positions of a left-padded batch each row then computes exactly what it computes alone;
  * - labels get P leading −100s, so the last virtual token predicts input_ids[0] (see
- *   `batchLoss(..., predictFirstFromVirtual = true)`);
+ *   `batchLoss(..., 'peft')`, the default loss convention for training and evaluation);
  * - init RANDOM (N(0,1)), TEXT (the word embeddings of the tokenized init text, repeated or cut to
  *   P tokens) or SAMPLE_VOCAB (embeddings of random vocabulary ids);
  * - the adapter file holds `prompt_embeddings` [P, hidden].
  */
 import { PeftError } from '../errors.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import type { Batch, CausalLM, ForwardContext } from '../models/llama.js';
+import type { Batch, CausalLM, ForwardContext } from '../models/model.js';
 import { concatSeq, repeatBatch, Tensor, weightToF32 } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { registerAdapterLoader } from './registry.js';
@@ -106,6 +106,9 @@ function embeddingRows(model: CausalLM, ids: number[]): Float32Array {
     if (e.kind === 'f32') out.set(e.tensor.data.subarray(id * H, (id + 1) * H), i * H);
     else out.set(weightToF32({ rows: 1, cols: H, data: { kind: 'bf16', bits: e.bits.subarray(id * H, (id + 1) * H) } }), i * H);
   });
+  // PEFT initialises from the model's word-embedding module, which scales (Gemma: √hidden)
+  const s = model.config.embedScale;
+  if (s !== null) for (let i = 0; i < out.length; i++) out[i] = Math.fround(out[i] * s);
   return out;
 }
 

@@ -3,7 +3,7 @@
  * is imported; format.ts imports every method module, so loading any adapter type works from it.
  */
 import { PeftError } from '../errors.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import type { Tensor } from '../tensor/index.js';
 import type { PeftType } from './config.js';
 import type { AdapterMethod } from './types.js';

@@ -5,7 +5,7 @@
  * the whole batch and must be differentiable.
  */
 import type { KVCache } from '../generate/kv-cache.js';
-import type { Batch, DecoderLayer, ForwardContext, LinearModule } from '../models/llama.js';
+import type { Batch, DecoderLayer, ForwardContext, LinearModule } from '../models/model.js';
 import type { Tensor } from '../tensor/index.js';
 import type { PeftType } from './config.js';
 

@@ -17,10 +17,10 @@ import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { moveFilesInto, writeFileAtomic } from '../io/atomic.js';
-import { assertRegularIfExists, readJsonFile } from '../io/files.js';
+import { assertRegularIfExists, readJsonFile, readJsonObject } from '../io/files.js';
 import { readModelWeights, writeSafetensorsFile, type TensorEntry, type TensorToWrite } from '../io/safetensors.js';
-import { loadConfig } from '../models/config.js';
-import type { CausalLM, LinearModule } from '../models/llama.js';
+import { loadConfig } from '../models/registry.js';
+import { layerLinears, type CausalLM, type LinearModule, type Norm } from '../models/model.js';
 import { buildModel, loadModel, type LoadOptions } from '../models/load.js';
 import type { Q4Native } from '../native/index.js';
 import type { Weight } from '../tensor/index.js';
@@ -108,6 +108,8 @@ export interface LoadBnbOptions {
  *   plus every error of `loadModel`.
  */
 export function loadBnbCheckpoint(dir: string, opts: LoadBnbOptions = {}): CausalLM {
+  // regular file, bounded, nesting-capped, named errors — before the model's config parser walks it
+  readJsonObject(join(dir, 'config.json'), { what: 'config.json (a JSON object)' });
   const config = loadConfig(dir);
   if (readBnbQuantizationConfig(dir) === null) {
     throw new PeftError('not a bitsandbytes 4-bit checkpoint', { file: join(dir, 'config.json'), field: 'quantization_config', expected: 'quant_method "bitsandbytes" with load_in_4bit', found: 'none' });
@@ -334,15 +336,18 @@ export function saveQuantizedCheckpoint(model: CausalLM, outDir: string, opts: S
   const c = model.config;
   const tensors: TensorToWrite[] = [];
   const e = model.embedTokens;
-  if (e.kind === 'f32') tensors.push({ name: 'model.embed_tokens.weight', dtype: 'F32', shape: [...e.tensor.shape], data: e.tensor.data });
-  else tensors.push({ name: 'model.embed_tokens.weight', dtype: 'BF16', shape: [...e.shape], data: e.bits });
+  if (e.kind === 'f32') tensors.push({ name: `${model.embedName}.weight`, dtype: 'F32', shape: [...e.tensor.shape], data: e.tensor.data });
+  else tensors.push({ name: `${model.embedName}.weight`, dtype: 'BF16', shape: [...e.shape], data: e.bits });
+  const norm = (n: Norm): void => {
+    tensors.push({ name: `${n.name}.weight`, dtype: 'F32', shape: [n.weight.size], data: n.weight.data });
+    if (n.bias) tensors.push({ name: `${n.name}.bias`, dtype: 'F32', shape: [n.bias.size], data: n.bias.data });
+  };
+  if (model.embedPositions) norm(model.embedPositions);
   for (const l of model.layers) {
-    const p = `model.layers.${l.index}`;
-    tensors.push({ name: `${p}.input_layernorm.weight`, dtype: 'F32', shape: [l.inputLayernorm.size], data: l.inputLayernorm.data });
-    tensors.push({ name: `${p}.post_attention_layernorm.weight`, dtype: 'F32', shape: [l.postAttentionLayernorm.size], data: l.postAttentionLayernorm.data });
-    for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) tensors.push(...linearTensors(m));
+    for (const n of Object.values(l.norms)) norm(n);
+    for (const m of layerLinears(l)) tensors.push(...linearTensors(m));
   }
-  tensors.push({ name: 'model.norm.weight', dtype: 'F32', shape: [model.norm.size], data: model.norm.data });
+  norm(model.norm);
   if (!c.tieWordEmbeddings) tensors.push(...linearTensors(model.lmHead));
 
   const q4s = [...decoderLinears(model), model.lmHead].flatMap((m) => (m.weight.data.kind === 'q4' ? [m.weight.data.q4] : []));

@@ -17,8 +17,8 @@
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
 import { readModelWeights, type DType } from '../io/safetensors.js';
-import { loadConfig } from '../models/config.js';
-import type { CausalLM, LinearModule } from '../models/llama.js';
+import { loadConfig } from '../models/registry.js';
+import { decoderLinears, norms, type CausalLM } from '../models/model.js';
 import { buildModel, type LoadOptions } from '../models/load.js';
 import type { Q4Native } from '../native/index.js';
 import type { Weight } from '../tensor/index.js';
@@ -151,12 +151,8 @@ export function quantizeWeight(w: Weight, opts: QuantizeWeightOptions = {}): Wei
   return { rows: w.rows, cols: w.cols, data: { kind: 'q4', q4 } };
 }
 
-/** The decoder's linear modules (q/k/v/o/gate/up/down of every layer) — the ones QLoRA quantizes. */
-export function decoderLinears(model: CausalLM): LinearModule[] {
-  const out: LinearModule[] = [];
-  for (const l of model.layers) out.push(l.q, l.k, l.v, l.o, l.gate, l.up, l.down);
-  return out;
-}
+/** The decoder's linear modules (every layer's, from the family's module map) — the ones QLoRA quantizes. */
+export { decoderLinears };
 
 /**
  * Quantizes, in place, every decoder linear weight of an already loaded model (not `lm_head`, not
@@ -292,11 +288,11 @@ export function quantizationReport(model: CausalLM, opts: { includeCodebooks?: b
   };
   const e = model.embedTokens;
   addTensor(e.kind === 'f32' ? e.tensor.data : e.bits);
-  for (const l of model.layers) {
-    addTensor(l.inputLayernorm.data);
-    addTensor(l.postAttentionLayernorm.data);
+  if (model.embedPositions) addTensor(model.embedPositions.weight.data);
+  for (const n of norms(model)) {
+    addTensor(n.weight.data);
+    if (n.bias) addTensor(n.bias.data);
   }
-  addTensor(model.norm.data);
   for (const m of [...decoderLinears(model), model.lmHead]) {
     addWeight(m.weight);
     if (m.bias) addTensor(m.bias.data);

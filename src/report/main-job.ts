@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { generate } from '../generate/generate.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { loadTokenizer } from '../io/tokenizer.js';
-import type { CausalLM } from '../models/llama.js';
+import type { CausalLM } from '../models/model.js';
 import { loadModel } from '../models/load.js';
 import { DEFAULT_MODEL } from '../paths.js';
 import { attachAdapters, sequenceSetup } from '../peft/attach.js';

@@ -8,9 +8,9 @@ import { accessSync, appendFileSync, constants as fsConstants, existsSync, mkdir
 import { basename, dirname, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
-import { readRegularFile } from '../io/files.js';
+import { assertRegularIfExists, readRegularFile } from '../io/files.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import { setGradientCheckpointing, type CausalLM } from '../models/llama.js';
+import { decoderLinears, setGradientCheckpointing, type CausalLM } from '../models/model.js';
 import { loadModel } from '../models/load.js';
 import { setComputeDtype, type ComputeDtype } from '../models/compute-dtype.js';
 import { DEFAULT_MODEL } from '../paths.js';
@@ -22,7 +22,7 @@ import { lossCurveSvg } from '../report/charts.js';
 import { saveModelDir } from '../models/save.js';
 import { createLoader, loadDataset, type Dataset, type TrainBatch } from './data/index.js';
 import { evaluate, type EvalResult } from './evaluate.js';
-import { batchLoss, fullFineTuneParameters } from './methods.js';
+import { batchLoss, firstTargetCount, fullFineTuneParameters, type LossConvention } from './methods.js';
 import { readTrainerState, resolveCheckpoint } from './checkpoint.js';
 import { buildProvenance, writeProvenance, type RunMetrics } from '../lifecycle/provenance.js';
 import { train, TRAIN_DEFAULTS, type StepMetrics, type TrainOptions, type TrainResult } from './trainer.js';
@@ -61,6 +61,11 @@ export interface TrainRunOptions extends Partial<TrainOptions> {
   feedforwardModules?: string[];
   /** Prefix / prompt tuning */
   numVirtualTokens?: number;
+  /**
+   * Prompt tuning: 'peft' (default) scores the last virtual token's prediction of each row's first
+   * token, as HF PEFT does with labels = input_ids; 'next-token' scores only the real tokens.
+   */
+  lossConvention?: LossConvention;
   prefixProjection?: boolean;
   encoderHiddenSize?: number;
   promptTuningInit?: 'RANDOM' | 'TEXT';
@@ -142,6 +147,8 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   const dir = o.model ?? DEFAULT_MODEL;
   const method = o.method ?? 'lora';
   if (!METHODS.includes(method)) throw new PeftError('unknown method', { field: '--method', expected: METHODS.join(', '), found: method });
+  // a FIFO or device named config.json would block the model reader; refuse it by name first
+  assertRegularIfExists(join(dir, 'config.json'), 'config.json');
   const tokenizer = loadTokenizer(dir);
   const baseName = o.model ?? basename(DEFAULT_MODEL);
   if (method === 'full') {
@@ -209,7 +216,7 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
 }
 
 function linearModulesQuantized(model: CausalLM): boolean {
-  return model.layers.some((l) => l.q.weight.data.kind === 'q4');
+  return decoderLinears(model).some((m) => m.weight.data.kind === 'q4');
 }
 
 /** Writes the trained result: the adapter (PEFT methods) or a full model directory. */
@@ -264,13 +271,14 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   const log = (rec: Record<string, unknown>): void => {
     if (metricsFile) appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
   };
+  const convention: LossConvention = o.lossConvention ?? 'peft';
   const opts: Partial<TrainOptions> = { ...TRAIN_DEFAULTS, lr: DEFAULT_LR[o.method ?? 'lora'], ...stripUndefined(o), outputDir: out ?? undefined };
   const forgetting = o.forgettingData ? loadDataset(o.forgettingData, tokenizer, { maxSeqLength, textSplit: 'paragraphs' }).train : null;
   const forgettingExamples = forgetting && o.maxForgettingExamples ? forgetting.slice(0, o.maxForgettingExamples) : forgetting;
   // "before" figures are the base model's: adapters disabled (a fresh prefix/prompt is random, not neutral)
   const baseline = <T>(fn: () => T): T => (peft ? peft.withDisabled(fn) : fn());
-  const forgettingBefore = forgettingExamples ? baseline(() => evaluate(model, forgettingExamples, { batchSize: o.batchSize ?? 8, maxSeqLength })) : null;
-  const newDomainBefore = valExamples.length ? baseline(() => evaluate(model, valExamples, { batchSize: o.batchSize ?? 8, maxSeqLength })) : null;
+  const forgettingBefore = forgettingExamples ? baseline(() => evaluate(model, forgettingExamples, { batchSize: o.batchSize ?? 8, maxSeqLength, lossConvention: convention })) : null;
+  const newDomainBefore = valExamples.length ? baseline(() => evaluate(model, valExamples, { batchSize: o.batchSize ?? 8, maxSeqLength, lossConvention: convention })) : null;
   events.onStart?.({ summary: setup.summary, trainExamples: dataset.train.length, valExamples: valExamples.length, maxSteps: opts.maxSteps!, quant: setup.quant });
   const baseName = o.model ?? basename(DEFAULT_MODEL);
   const result = train<TrainBatch>({
@@ -281,13 +289,15 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
         let numTokens = 0;
         const km = b.batch.keyMask;
         if (km) for (const v of km) numTokens += v; else numTokens = b.batch.ids.length;
-        return { ...b, numTokens };
+        // PEFT's prompt-tuning convention: each row's first token is one more target
+        const extra = o.method === 'prompt' && convention === 'peft' ? firstTargetCount(b) : 0;
+        return { ...b, numTokens, numTargets: b.numTargets + extra };
       },
       state: () => loader.state(),
       restore: (s) => loader.restore(s as ReturnType<typeof loader.state>),
     },
-    loss: (b, gs, ctx) => batchLoss(model, b, gs, ctx),
-    evaluate: valExamples.length ? () => evaluate(model, valExamples, { batchSize: o.batchSize ?? 8, maxSeqLength }) : undefined,
+    loss: (b, gs, ctx) => batchLoss(model, b, gs, ctx, convention),
+    evaluate: valExamples.length ? () => evaluate(model, valExamples, { batchSize: o.batchSize ?? 8, maxSeqLength, lossConvention: convention }) : undefined,
     saveExtra: (dir) => saveResult({ model, peft }, dir, baseName),
     onStep: (m) => {
       peakRss = Math.max(peakRss, rss());
@@ -302,7 +312,7 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
     onNote: events.onNote,
   }, opts);
   const trainSeconds = (performance.now() - t0) / 1000;
-  const forgettingAfter = forgettingExamples ? evaluate(model, forgettingExamples, { batchSize: o.batchSize ?? 8, maxSeqLength }) : null;
+  const forgettingAfter = forgettingExamples ? evaluate(model, forgettingExamples, { batchSize: o.batchSize ?? 8, maxSeqLength, lossConvention: convention }) : null;
   peakRss = Math.max(peakRss, rss(), maxRss());
   if (out) {
     saveResult({ model, peft }, out, baseName);
@@ -465,12 +475,12 @@ function stripUndefined<T extends object>(o: T): Partial<T> {
 }
 
 /** Evaluate a model on a data file's examples (all of it). */
-export function evaluateFile(model: CausalLM, tokenizer: Tokenizer, file: string, o: { maxSeqLength?: number; batchSize?: number; textSplit?: 'blocks' | 'paragraphs'; skipBadLines?: boolean; maxExamples?: number }): EvalResult {
+export function evaluateFile(model: CausalLM, tokenizer: Tokenizer, file: string, o: { maxSeqLength?: number; batchSize?: number; textSplit?: 'blocks' | 'paragraphs'; skipBadLines?: boolean; maxExamples?: number; lossConvention?: LossConvention }): EvalResult {
   if (!existsSync(file)) throw new PeftError('data file not found', { file });
   const maxSeqLength = o.maxSeqLength ?? 256;
   const ds = loadDataset(file, tokenizer, { maxSeqLength, textSplit: o.textSplit, skipBadLines: o.skipBadLines });
   const ex = o.maxExamples && o.maxExamples > 0 ? ds.train.slice(0, o.maxExamples) : ds.train;
-  return evaluate(model, ex, { maxSeqLength, batchSize: o.batchSize });
+  return evaluate(model, ex, { maxSeqLength, batchSize: o.batchSize, lossConvention: o.lossConvention });
 }
 
 

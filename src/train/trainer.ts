@@ -7,7 +7,7 @@
  */
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
-import type { ForwardContext } from '../models/llama.js';
+import type { ForwardContext } from '../models/model.js';
 import type { NamedTensor } from '../peft/types.js';
 import { backward, withArena, type LossResult } from '../tensor/index.js';
 import { cleanStaleCheckpointTemps, findCheckpoint, loadCheckpoint, pruneCheckpoints, saveCheckpoint, type TrainerState } from './checkpoint.js';

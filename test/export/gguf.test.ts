@@ -21,7 +21,7 @@ import { generate } from '../../src/generate/generate.js';
 import { attachAdapters } from '../../src/peft/attach.js';
 import { LoraAdapter, parseLoraConfig, saveAdapter } from '../../src/peft/index.js';
 import { buildProgram } from '../../src/cli/index.js';
-import { forwardHidden, lmLogits } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits } from '../../src/models/model.js';
 import { noGrad, withArena } from '../../src/tensor/index.js';
 import { FIXTURES, readTensors, STORIES } from '../helpers.js';
 
@@ -199,8 +199,8 @@ describe('LoRA → GGUF layout', () => {
     const model = loadModel(STORIES);
     const g = readGgufFile(GGUF_MODEL);
     const w = (m: { weight: { data: unknown } }) => (m.weight.data as { tensor: { data: Float32Array } }).tensor.data;
-    expect(permuteRowsForGguf(w(model.layers[3].q), 64, 64, 8)).toEqual(ggufTensorF32(g, 'blk.3.attn_q.weight'));
-    expect(permuteRowsForGguf(w(model.layers[3].k), 32, 64, 4)).toEqual(ggufTensorF32(g, 'blk.3.attn_k.weight'));
+    expect(permuteRowsForGguf(w(model.layers[3].linears.q), 64, 64, 8)).toEqual(ggufTensorF32(g, 'blk.3.attn_q.weight'));
+    expect(permuteRowsForGguf(w(model.layers[3].linears.k), 32, 64, 4)).toEqual(ggufTensorF32(g, 'blk.3.attn_k.weight'));
   });
 
   it('rsLoRA / alpha_pattern: the true scaling is folded into lora_b so llama.cpp scale × B = PEFT scaling × B', () => {

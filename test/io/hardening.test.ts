@@ -20,7 +20,8 @@ import { adapterBase } from '../../src/cli/model.js';
 import { trainCommand } from '../../src/cli/train.js';
 import { withConfigFile } from '../../src/cli/options.js';
 import { main } from '../../src/cli/index.js';
-import { loadBnbCheckpoint, saveQuantizedCheckpoint } from '../../src/quant/bnb-checkpoint.js';
+import { isBnb4bitCheckpoint, loadBnbCheckpoint, saveQuantizedCheckpoint } from '../../src/quant/bnb-checkpoint.js';
+import { setupMethod } from '../../src/train/run.js';
 import { loadModelQuantized } from '../../src/quant/quantize-model.js';
 import { FIXTURES, STORIES } from '../helpers.js';
 
@@ -85,9 +86,9 @@ describe('safetensors: data not 8-byte aligned (valid files from other writers)'
     const before = loadBnbCheckpoint(join(dir, 'q'));
     misalignFile(join(dir, 'q', 'model.safetensors'));
     const after = loadBnbCheckpoint(join(dir, 'q'));
-    const a = before.layers[0].q.weight.data, b = after.layers[0].q.weight.data;
+    const a = before.layers[0].linears.q.weight.data, b = after.layers[0].linears.q.weight.data;
     expect(a.kind).toBe('q4');
-    expect(JSON.stringify(after.layers.map((l) => l.q.weight.rows))).toBe(JSON.stringify(before.layers.map((l) => l.q.weight.rows)));
+    expect(JSON.stringify(after.layers.map((l) => l.linears.q.weight.rows))).toBe(JSON.stringify(before.layers.map((l) => l.linears.q.weight.rows)));
     const absA = (a as unknown as { q4: { packed: Uint8Array } }).q4, absB = (b as unknown as { q4: { packed: Uint8Array } }).q4;
     expect(Buffer.compare(Buffer.from(absA.packed), Buffer.from(absB.packed))).toBe(0);
   });
@@ -131,6 +132,12 @@ describe('special files are refused before any read', () => {
     execFileSync('rm', [join(m, 'tokenizer.json')]);
     symlinkSync('/dev/zero', join(m, 'tokenizer.json'));
     peftError(() => loadTokenizer(m), 'tokenizer.json', 'character device');
+    const c = join(dir, 'cfg');
+    cpSync(STORIES, c, { recursive: true });
+    execFileSync('rm', [join(c, 'config.json')]);
+    execFileSync('mkfifo', [join(c, 'config.json')]);
+    peftError(() => setupMethod({ data: 'x.txt', model: c, method: 'full' }), 'config.json', 'FIFO');
+    peftError(() => isBnb4bitCheckpoint(c), 'config.json', 'FIFO');
   });
 });
 
@@ -327,6 +334,17 @@ describe('the CLI prints no stack trace', () => {
 });
 
 describe('more defects the fuzzer found', () => {
+  it('an invalid or 100,000-character target_modules regex names the config file and key', () => {
+    const model = loadModel(STORIES);
+    for (const [pattern, why] of [['.*q_proj(', 'invalid regular expression'], ['x'.repeat(100_000), 'pattern too long']]) {
+      const dir = tmp();
+      cpSync(join(FIXTURES, 'stories260K'), dir, { recursive: true });
+      const cfg = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+      cfg.target_modules = pattern;
+      writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify(cfg));
+      peftError(() => loadAdapter(new PeftModel(model), dir), 'adapter_config.json: target_modules', why);
+    }
+  });
   it('a tokenizer vocabulary with a non-integer id is refused at load', () => {
     const m = tmp();
     cpSync(STORIES, m, { recursive: true });

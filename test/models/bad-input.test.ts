@@ -31,11 +31,11 @@ function copyModel(edit?: { config?: (c: Record<string, unknown>) => void; tenso
 describe('bad model input names the problem', () => {
   it('unsupported architecture', () => {
     const dir = copyModel({ config: (c) => { c.architectures = ['GPTNeoXForCausalLM']; } });
-    expect(() => loadModel(dir)).toThrow(/config\.json: architectures: unsupported architecture \(expected LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, found GPTNeoXForCausalLM\)/);
+    expect(() => loadModel(dir)).toThrow(/config\.json: architectures: unsupported architecture \(expected LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, .*found GPTNeoXForCausalLM\)/);
   });
   it('invalid config field', () => {
     const dir = copyModel({ config: (c) => { c.num_attention_heads = 'eight'; } });
-    expect(() => loadModel(dir)).toThrow(/config\.json: num_attention_heads: invalid value \(expected an integer >= 1, found "eight"\)/);
+    expect(() => loadModel(dir)).toThrow(/config\.json: num_attention_heads: invalid value \(expected an integer in \[1, 4096\], found "eight"\)/);
   });
   it('heads not dividing into kv heads', () => {
     const dir = copyModel({ config: (c) => { c.num_key_value_heads = 3; } });

@@ -67,11 +67,11 @@ describe('bf16 compute dtype', () => {
     for (let i = 0; i < la.length; i++) expect(Math.abs(la[i] - lb[i])).toBeLessThan(5e-3);
     // trainable weights stay float32
     const m = loadModel(STORIES);
-    m.layers[0].q.weight.data.kind === 'f32' && (m.layers[0].q.weight.data.tensor.requiresGrad = true);
+    if (m.layers[0].linears.q.weight.data.kind === 'f32') m.layers[0].linears.q.weight.data.tensor.requiresGrad = true;
     const c = setComputeDtype(m, 'bf16');
     expect(c).toEqual({ bf16: 35, other: 1 });
-    expect(m.layers[0].q.weight.data.kind).toBe('f32');
-    expect(m.layers[0].k.weight.data.kind).toBe('bf16');
+    expect(m.layers[0].linears.q.weight.data.kind).toBe('f32');
+    expect(m.layers[0].linears.k.weight.data.kind).toBe('bf16');
   });
 
   it('is refused with a clear error where VDPBF16PS is unavailable, and unknown dtypes are refused', () => {

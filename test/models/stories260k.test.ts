@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { loadModel } from '../../src/models/load.js';
-import { forwardHidden, lmLogits, lmLoss } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits, lmLoss } from '../../src/models/model.js';
 import { noGrad, withArena } from '../../src/tensor/index.js';
 import { FIXTURES, maxAbsDiff, readJson, readTensors, STORIES } from '../helpers.js';
 

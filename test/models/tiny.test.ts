@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { loadModel } from '../../src/models/load.js';
-import { forwardHidden, lmLogits, lmLoss, namedParameters } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits, lmLoss, namedParameters } from '../../src/models/model.js';
 import { backward, noGrad, withArena } from '../../src/tensor/index.js';
 import { FIXTURES, maxAbsDiff, maxRelDiff, readJson, readTensors } from '../helpers.js';
 

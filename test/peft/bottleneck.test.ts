@@ -11,7 +11,7 @@ import { KVCache } from '../../src/generate/kv-cache.js';
 import { generate, generateBatch } from '../../src/generate/generate.js';
 import { writeSafetensorsFile } from '../../src/io/safetensors.js';
 import { loadModel } from '../../src/models/load.js';
-import { defaultContext, forwardCached, forwardHidden, lmLogits, lmLoss, type CausalLM, type ForwardContext } from '../../src/models/llama.js';
+import { defaultContext, forwardCached, forwardHidden, lmLogits, lmLoss, type CausalLM, type ForwardContext } from '../../src/models/model.js';
 import {
   BottleneckAdapter, createBottleneckAdapter, loadAdapter, PeftModel, saveAdapter, type BottleneckModule,
 } from '../../src/peft/index.js';

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { combineCommand } from '../../src/cli/combine.js';
 import { loadModel } from '../../src/models/load.js';
-import { forwardHidden, lmLogits, type CausalLM } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits, type CausalLM } from '../../src/models/model.js';
 import {
   combineLora, combineLoraDetailed, householderQR, jacobiSvd, loadAdapter, LoraAdapter, loraDelta, parseLoraConfig, PeftModel, saveAdapter,
 } from '../../src/peft/index.js';

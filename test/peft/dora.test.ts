@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../src/models/load.js';
-import { forwardHidden, lmLogits, lmLoss, runLinear, setGradientCheckpointing, type CausalLM, type ForwardContext } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits, lmLoss, runLinear, setGradientCheckpointing, type CausalLM, type ForwardContext } from '../../src/models/model.js';
 import { doraWeightNorm } from '../../src/peft/dora.js';
 import { loadAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../../src/peft/index.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
@@ -106,7 +106,7 @@ describe('DoRA matches HF PEFT', () => {
 describe('DoRA behaviour', () => {
   it('merge gives the same logits (1e-4) and layer outputs (1e-5); unmerge restores W exactly; lora_bias refused', () => {
     const { fx, model, a } = fixture('lora-dora-bias');
-    const mod = model.layers[1].q;
+    const mod = model.layers[1].linears.q;
     const x = Tensor.param(Float32Array.from({ length: 3 * mod.inFeatures }, (_, i) => Math.cos(i * 0.3)), [3, mod.inFeatures], false);
     const layerOut = (): Float32Array => noGrad(() => withArena(() => runLinear(mod, x, { training: false, seed: 0, dropoutCalls: 0 }).data.slice()));
     const w0 = weightToF32(mod.weight), b0 = mod.bias!.data.slice();
@@ -167,7 +167,7 @@ describe('DoRA behaviour', () => {
     };
     check();
     quantizeModel(model, { quantType: 'nf4' });
-    expect(model.layers[0].q.weight.data.kind).toBe('q4');
+    expect(model.layers[0].linears.q.weight.data.kind).toBe('q4');
     check();
   });
 

@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, cpSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../src/models/load.js';
-import { defaultContext, forwardHidden, lmLogits, lmLoss, type CausalLM, type ForwardContext } from '../../src/models/llama.js';
+import { defaultContext, forwardHidden, lmLogits, lmLoss, type CausalLM, type ForwardContext } from '../../src/models/model.js';
 import { createIa3Adapter, Ia3Adapter, loadAdapter, PeftModel, saveAdapter } from '../../src/peft/index.js';
 import { generateBatch } from '../../src/generate/generate.js';
 import { sequenceSetup } from '../../src/peft/attach.js';
@@ -150,18 +150,19 @@ describe('IA3 behaviour', () => {
   it('merge folds the vectors into the weights (logits within 1e-5); unmerge restores them', () => {
     const { model, a } = loaded();
     const before = logitsOf(model, ids);
-    const w = (model.layers[0].k.weight.data as { tensor: { data: Float32Array } }).tensor.data.slice();
+    const w = (model.layers[0].linears.k.weight.data as { tensor: { data: Float32Array } }).tensor.data.slice();
     a.merge();
     expect(maxAbsDiff(logitsOf(model, ids), before)).toBeLessThan(1e-5);
     a.unmerge();
-    expect(maxRelDiff((model.layers[0].k.weight.data as { tensor: { data: Float32Array } }).tensor.data, w)).toBeLessThan(1e-6);
+    expect(maxRelDiff((model.layers[0].linears.k.weight.data as { tensor: { data: Float32Array } }).tensor.data, w)).toBeLessThan(1e-6);
     expect(maxAbsDiff(logitsOf(model, ids), before)).toBeLessThan(1e-5);
   });
 
   it('refuses unsupported or inconsistent options, naming the key', () => {
     const model = loadModel(GQA);
     expect(() => createIa3Adapter(model, { modules_to_save: ['lm_head'] })).toThrow(/modules_to_save/);
-    expect(() => createIa3Adapter(model, { fan_in_fan_out: true })).toThrow(/fan_in_fan_out/);
+    // PEFT warns and sets fan_in_fan_out to False for nn.Linear targets (True for GPT-2's Conv1D)
+    expect(createIa3Adapter(model, { fan_in_fan_out: true }).config().fan_in_fan_out).toBe(false);
     expect(() => createIa3Adapter(model, { target_modules: ['k_proj'], feedforward_modules: ['down_proj'] })).toThrow(/feedforward_modules.*subset/);
     expect(() => createIa3Adapter(model, { target_modules: ['nope'] })).toThrow(/target_modules matched no linear layer/);
   });

@@ -7,7 +7,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../src/models/load.js';
-import { defaultContext, forwardHidden, lmLogits, lmLoss, runLinear, type CausalLM } from '../../src/models/llama.js';
+import { defaultContext, forwardHidden, lmLogits, lmLoss, runLinear, type CausalLM } from '../../src/models/model.js';
 import { LoraAdapter, loadAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../../src/peft/index.js';
 import { backward, noGrad, Tensor, withArena } from '../../src/tensor/index.js';
 import { serializeSafetensors, readSafetensorsFile, toFloat32 } from '../../src/io/safetensors.js';
@@ -81,7 +81,7 @@ describe('LoRA on stories260K matches HF PEFT', () => {
     const m2 = loadModel(STORIES);
     const p2 = new PeftModel(m2);
     const a = loadAdapter(p2, fx, 'x') as LoraAdapter;
-    const mod = m2.layers[2].down;
+    const mod = m2.layers[2].linears.down;
     const x = Tensor.param(Float32Array.from({ length: 5 * mod.inFeatures }, (_, i) => Math.sin(i * 0.37)), [5, mod.inFeatures], false);
     const layerOut = (): Float32Array => noGrad(() => withArena(() => runLinear(mod, x, defaultContext()).data.slice()));
     const w = (mod.weight.data as { tensor: { data: Float32Array } }).tensor.data;

@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readSafetensorsFile, toFloat32 } from '../../src/io/safetensors.js';
-import { forwardHidden, linearModules, lmLogits, type CausalLM, type LinearModule } from '../../src/models/llama.js';
+import { forwardHidden, linearModules, lmLogits, type CausalLM, type LinearModule } from '../../src/models/model.js';
 import { loadModel } from '../../src/models/load.js';
 import { createIa3Adapter, LoraAdapter, mergeAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../../src/peft/index.js';
 import { loadBnbCheckpoint, saveQuantizedCheckpoint } from '../../src/quant/bnb-checkpoint.js';
@@ -110,7 +110,7 @@ describe('bit-exact unmerge', () => {
 
   it('bit-exact unmerge: a bf16 base is merged in float32 and is bf16 again (same bits) after unmerge', () => {
     const model = loadModel(join(FIXTURES, 'tiny', 'llama-tiny-bf16'));
-    const q = model.layers[0].q;
+    const q = model.layers[0].linears.q;
     expect(q.weight.data.kind).toBe('bf16');
     const before = snapshot(model);
     const peft = new PeftModel(model);
@@ -173,7 +173,7 @@ describe('requantize with the base settings', () => {
     expect(qc.bnb_4bit_quant_type).toBe('fp4');
     expect(qc.bnb_4bit_use_double_quant).toBe(false);
     const merged = loadBnbCheckpoint(out);
-    for (const l of merged.layers) for (const m of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) {
+    for (const l of merged.layers) for (const m of Object.values(l.linears)) {
       const d = m.weight.data;
       expect(d.kind, m.name).toBe('q4');
       if (d.kind !== 'q4') continue;

@@ -10,7 +10,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../src/models/load.js';
-import { defaultContext, forwardHidden, lmLogits, type Batch, type CausalLM } from '../../src/models/llama.js';
+import { defaultContext, forwardHidden, lmLogits, type Batch, type CausalLM } from '../../src/models/model.js';
 import {
   createPrefixAdapter, createPromptAdapter, loadAdapter, PeftModel, PrefixAdapter, PromptAdapter, saveAdapter,
 } from '../../src/peft/index.js';

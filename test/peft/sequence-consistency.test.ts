@@ -8,7 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { generate, generateBatch } from '../../src/generate/generate.js';
 import { argmax } from '../../src/generate/sampling.js';
-import { defaultContext, forwardHidden, lmLogits, type Batch, type CausalLM } from '../../src/models/llama.js';
+import { defaultContext, forwardHidden, lmLogits, type Batch, type CausalLM } from '../../src/models/model.js';
 import { loadModel } from '../../src/models/load.js';
 import {
   createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, LoraAdapter, parseLoraConfig, PeftModel,

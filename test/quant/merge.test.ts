@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../src/native/index.js';
 import { loadModel } from '../../src/models/load.js';
+import { decoderLinears } from '../../src/models/model.js';
 import { LoraAdapter, mergeAdapter, parseLoraConfig, PeftModel, saveAdapter } from '../../src/peft/index.js';
 import { loadBnbCheckpoint } from '../../src/quant/bnb-checkpoint.js';
 import { loadModelQuantized } from '../../src/quant/quantize-model.js';
@@ -37,7 +38,7 @@ describe('merging LoRA into an NF4 base', () => {
     for (const [name, l] of a.layers) {
       const expected = weightToF32(l.module.weight); // dequantized NF4 weight of the original base
       native.gemm(false, false, l.module.outFeatures, l.module.inFeatures, l.r, l.scaling, l.B.data, l.r, l.A.data, l.module.inFeatures, 1, expected, l.module.inFeatures);
-      const m = [...merged.layers.flatMap((x) => [x.q, x.k, x.v, x.o, x.gate, x.up, x.down])].find((x) => x.name === name)!;
+      const m = decoderLinears(merged).find((x) => x.name === name)!;
       const got = weightToF32(m.weight);
       expect(Buffer.compare(Buffer.from(got.buffer), Buffer.from(expected.buffer)), name).toBe(0);
     }
@@ -55,6 +56,6 @@ describe('merging LoRA into an NF4 base', () => {
     const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
     expect(cfg.quantization_config.load_in_4bit).toBe(true);
     const q = loadBnbCheckpoint(out);
-    expect(q.layers[0].q.weight.data.kind).toBe('q4');
+    expect(q.layers[0].linears.q.weight.data.kind).toBe('q4');
   });
 });

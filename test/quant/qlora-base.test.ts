@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { buildProgram } from '../../src/cli/index.js';
 import { PeftError } from '../../src/errors.js';
 import { readSafetensorsFile, writeSafetensorsFile, type TensorToWrite } from '../../src/io/safetensors.js';
-import { forwardHidden, lmLogits, lmLoss, type CausalLM } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits, lmLoss, type CausalLM } from '../../src/models/model.js';
 import { loadModel } from '../../src/models/load.js';
 import { native } from '../../src/native/index.js';
 import {
@@ -304,7 +304,7 @@ describe('bitsandbytes checkpoint layout', () => {
     expect(quantized).toBe(14);
     const emb = m.embedTokens.kind === 'f32' ? m.embedTokens.tensor.data : null;
     expect(bytesEqual(emb!, deq.get('model.embed_tokens.weight')!.data)).toBe(true);
-    expect(bytesEqual(m.layers[1].inputLayernorm.data, deq.get('model.layers.1.input_layernorm.weight')!.data)).toBe(true);
+    expect(bytesEqual(m.layers[1].norms.input_layernorm.weight.data, deq.get('model.layers.1.input_layernorm.weight')!.data)).toBe(true);
     // and is written back byte for byte (model.safetensors and config.json)
     const out = join(tmp, 'ref-resaved');
     saveQuantizedCheckpoint(m, out);
@@ -339,7 +339,7 @@ describe('bitsandbytes checkpoint layout', () => {
     expect(r.bitsPerParam).toBeGreaterThan(4.125);
     // the down_proj alone: 4 + 8/64 + (32·ceil(13824/256) + 32)/884736 = 4.12699
     const down = quantizeWeight(f32W(H, I, 3));
-    const dr = quantizationReport({ ...loadModel(STORIES), layers: [], lmHead: { name: 'x', inFeatures: I, outFeatures: H, weight: down, bias: null, pre: [], post: [] } });
+    const dr = quantizationReport({ ...loadModel(STORIES), layers: [], lmHead: { name: 'x', inFeatures: I, outFeatures: H, weight: down, bias: null, fanInFanOut: false, pre: [], post: [] } });
     expect(dr.bitsPerParam).toBeCloseTo(4 + 8 / 64 + (32 * 54 + 32) / (H * I), 12);
     expect(dr.bitsPerParam.toFixed(4)).toBe('4.1270');
   });

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { logits, make, MAKE_TYPES } from '../../scripts/interop-logits.js';
 import { readSafetensorsFile } from '../../src/io/safetensors.js';
 import { loadTokenizer } from '../../src/io/tokenizer.js';
-import { forwardHidden, lmLogits } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits } from '../../src/models/model.js';
 import { loadModel } from '../../src/models/load.js';
 import { attachAdapters } from '../../src/peft/index.js';
 import { noGrad, withArena } from '../../src/tensor/index.js';

@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../src/models/load.js';
-import { forwardHidden, lmLoss, setGradientCheckpointing, type CausalLM } from '../../src/models/llama.js';
+import { forwardHidden, lmLoss, setGradientCheckpointing, type CausalLM } from '../../src/models/model.js';
 import {
   createBottleneckAdapter, createIa3Adapter, createPrefixAdapter, createPromptAdapter, LoraAdapter, parseLoraConfig, PeftModel,
   type AdapterMethod, type NamedTensor,

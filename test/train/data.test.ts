@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { PeftError } from '../../src/errors.js';
 import { loadTokenizer, type Tokenizer } from '../../src/io/tokenizer.js';
 import { loadModel } from '../../src/models/load.js';
-import { forwardHidden, lmLogits } from '../../src/models/llama.js';
+import { forwardHidden, lmLogits } from '../../src/models/model.js';
 import { noGrad, withArena } from '../../src/tensor/index.js';
 import {
   collate, compileChatTemplate, createLoader, evalBatches, loadDataset, loadExamples, readRecords, renderChat,

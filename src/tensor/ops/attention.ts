@@ -1,8 +1,9 @@
 /**
  * Scaled dot-product attention with grouped-query heads (differentiable). Layouts:
  * q [B·Tq, Hq·D], k/v [B·Tk, Hkv·D], out [B·Tq, Hq·D]. Query i of a row sees key j when
- * j <= (Tk − Tq) + i (causal; keys before the queries are a prefix or cache), the key is not
- * padding (keyMask), it shares the query's segment (packing) and the additive mask allows it.
+ * j <= (Tk − Tq) + i (causal; keys before the queries are a prefix or cache), j is inside the
+ * sliding window when one is set, the key is not padding (keyMask), it shares the query's segment
+ * (packing) and the additive mask allows it. Optional logit soft-capping (Gemma 2).
  */
 import { native, type AttentionShape } from '../../native/index.js';
 import { allocF32 } from '../pool.js';
@@ -24,6 +25,10 @@ export interface AttentionOptions {
   kSeg?: Int32Array | null;
   addMask?: Float32Array | null;
   addMaskBatched?: boolean;
+  /** Sliding window: query i sees the `window` most recent keys, itself included (0/null = all). */
+  window?: number | null;
+  /** Attention logit soft-capping: scores become cap·tanh(score/cap) (Gemma 2; 0/null = none). */
+  softcap?: number | null;
 }
 
 export function attention(q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions): Tensor {
@@ -37,6 +42,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions):
     kSeg: o.kSeg ?? null,
     addMask: o.addMask ?? null,
     addMaskBatched: o.addMaskBatched ?? false,
+    window: o.window ?? 0,
+    softcap: o.softcap ?? 0,
   };
   const out = Tensor.empty([o.B * o.Tq, o.Hq * o.D]);
   const wantGrad = isRecording() && (q.requiresGrad || k.requiresGrad || v.requiresGrad);

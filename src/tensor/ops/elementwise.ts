@@ -70,3 +70,38 @@ export function repeatBatch(x: Tensor, B: number): Tensor {
     for (let i = 0; i < B; i++) native.axpy(1, gy.subarray(i * n, (i + 1) * n), gx);
   });
 }
+
+/** a ⊙ b elementwise (same shape). */
+export function mul(a: Tensor, b: Tensor): Tensor {
+  if (a.size !== b.size) throw new Error(`mul: [${a.shape}] vs [${b.shape}]`);
+  const y = Tensor.empty(a.shape);
+  native.mul(a.data, b.data, y.data);
+  return record(y, [a, b], (gy) => {
+    if (a.requiresGrad) {
+      const ga = gradOf(a);
+      for (let i = 0; i < ga.length; i++) ga[i] += gy[i] * b.data[i];
+    }
+    if (b.requiresGrad) {
+      const gb = gradOf(b);
+      for (let i = 0; i < gb.length; i++) gb[i] += gy[i] * a.data[i];
+    }
+  });
+}
+
+/**
+ * Soft-capping y = cap·tanh(x/cap) (Gemma 2's final_logit_softcapping; transformers
+ * `Gemma2ForCausalLM.forward`), float32 like transformers: x/cap, tanh, ·cap.
+ * Backward: dx = dy·(1 − tanh²).
+ */
+export function softcap(x: Tensor, cap: number): Tensor {
+  const y = Tensor.empty(x.shape);
+  const f = Math.fround;
+  for (let i = 0; i < x.size; i++) y.data[i] = f(f(Math.tanh(f(x.data[i] / cap))) * cap);
+  return record(y, [x], (gy) => {
+    const gx = gradOf(x);
+    for (let i = 0; i < gx.length; i++) {
+      const t = y.data[i] / cap;
+      gx[i] += gy[i] * (1 - t * t);
+    }
+  });
+}

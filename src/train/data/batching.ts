@@ -8,7 +8,7 @@
  * teaches the first token of the next example), and padding is unlabelled.
  */
 import { PeftError } from '../../errors.js';
-import type { Batch } from '../../models/llama.js';
+import type { Batch } from '../../models/model.js';
 
 /** Label of a row that is not learned (padding, prompt, last token of an example). */
 export const IGNORE_LABEL = -100;
@@ -17,7 +17,7 @@ export const IGNORE_LABEL = -100;
 export interface Example {
   /** Token ids [L]. */
   ids: Int32Array;
-  /** [L]: 1 where the token is to be learned (predicted from the tokens before it). targets[0] is never used. */
+  /** [L]: 1 where the token is to be learned (predicted from the tokens before it). targets[0] counts only for prompt tuning's PEFT loss convention (the last virtual token predicts token 0). */
   targets: Uint8Array;
   /** Where it came from (`file: line N`), for messages. */
   source?: string;
@@ -31,6 +31,8 @@ export interface TrainBatch {
   labels: Int32Array;
   /** Number of labels that are not −100 (the loss denominator; sum it over gradient-accumulation batches). */
   numTargets: number;
+  /** [B]: each row's first token when it is a target, else −100 (prompt tuning's PEFT loss convention). */
+  firstLabels: Int32Array;
 }
 
 /** Number of labelled rows an example yields: positions t ≥ 1 with targets[t] = 1. */
@@ -94,8 +96,11 @@ export function collate(rows: ReadonlyArray<ReadonlyArray<Example>>, opts: { pac
   const keyMask = new Uint8Array(B * T);
   const segIds = opts.packed ? new Int32Array(B * T) : null;
   const positions = opts.packed ? new Int32Array(B * T) : null;
+  const firstLabels = new Int32Array(B).fill(IGNORE_LABEL);
   let numTargets = 0;
   for (let b = 0; b < B; b++) {
+    const first = rows[b][0];
+    if (first && first.ids.length > 0 && first.targets[0]) firstLabels[b] = first.ids[0];
     let off = b * T;
     rows[b].forEach((ex, seg) => {
       const L = ex.ids.length;
@@ -118,7 +123,7 @@ export function collate(rows: ReadonlyArray<ReadonlyArray<Example>>, opts: { pac
   const batch: Batch = { ids, B, T, keyMask };
   if (segIds) batch.segIds = segIds;
   if (positions) batch.positions = positions;
-  return { batch, labels, numTargets };
+  return { batch, labels, numTargets, firstLabels };
 }
 
 /** splitmix32: a small seeded generator of uint32s. */

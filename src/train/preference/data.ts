@@ -20,7 +20,7 @@ import { extname } from 'node:path';
 import { PeftError } from '../../errors.js';
 import { readRegularFile } from '../../io/files.js';
 import type { Tokenizer } from '../../io/tokenizer.js';
-import type { Batch } from '../../models/llama.js';
+import type { Batch } from '../../models/model.js';
 import { DEFAULT_CHAT_TEMPLATE } from '../data/chat.js';
 import {
   compileChatTemplate, countTargets, encodeLabelled, encodeRecord, renderChat, seededPermutation, templateSpecialTokens, truncateExample,

@@ -10,8 +10,8 @@
  * (LoRA on lm_head, modules_to_save) materialises the logits through the hooks.
  */
 import { native } from '../../native/index.js';
-import type { CausalLM, ForwardContext } from '../../models/llama.js';
-import { runLinear } from '../../models/llama.js';
+import type { CausalLM, ForwardContext } from '../../models/model.js';
+import { runLinear } from '../../models/model.js';
 import {
   allocF32, gemmWeight, gradOf, IGNORE_INDEX, isRecording, record, Tensor, weightTensor, type Weight,
 } from '../../tensor/index.js';

@@ -10,7 +10,7 @@ import { appendFileSync, existsSync, mkdirSync, statSync, writeFileSync } from '
 import { basename, join, resolve } from 'node:path';
 import { PeftError } from '../../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../../io/atomic.js';
-import { defaultContext } from '../../models/llama.js';
+import { defaultContext } from '../../models/model.js';
 import { DEFAULT_MODEL } from '../../paths.js';
 import { loadAdapter } from '../../peft/index.js';
 import { metricPanelsSvg } from '../../report/charts.js';

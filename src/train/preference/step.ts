@@ -10,8 +10,8 @@
  * once before training (`precompute_ref_log_probs`), the only option for full fine-tuning. ORPO and
  * SimPO use no reference.
  */
-import type { CausalLM, ForwardContext } from '../../models/llama.js';
-import { defaultContext, forwardHidden } from '../../models/llama.js';
+import type { CausalLM, ForwardContext } from '../../models/model.js';
+import { defaultContext, forwardHidden } from '../../models/model.js';
 import type { PeftModel } from '../../peft/peft-model.js';
 import { noGrad, type LossResult } from '../../tensor/index.js';
 import { collateSequences, mismatched, type PairExample, type SequenceBatch, type UnpairedExample } from './data.js';
