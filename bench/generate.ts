@@ -82,19 +82,21 @@ function writeModelGguf(model: CausalLM, path: string): void {
   const t: GgufTensorToWrite[] = [];
   const emb = model.embedTokens.kind === 'f32' ? model.embedTokens.tensor.data : weightToF32(model.lmHead.weight);
   t.push({ name: 'token_embd.weight', shape: [V, c.hiddenSize], type: 'F32', data: emb });
-  t.push({ name: 'output_norm.weight', shape: [c.hiddenSize], type: 'F32', data: model.norm.data });
+  t.push({ name: 'output_norm.weight', shape: [c.hiddenSize], type: 'F32', data: model.norm.weight.data });
   for (const l of model.layers) {
     const p = `blk.${l.index}`;
-    const w = (m: typeof l.q) => weightToF32(m.weight);
-    t.push({ name: `${p}.attn_norm.weight`, shape: [c.hiddenSize], type: 'F32', data: l.inputLayernorm.data });
-    t.push({ name: `${p}.attn_q.weight`, shape: [l.q.outFeatures, l.q.inFeatures], type: 'F32', data: permuteRowsForGguf(w(l.q), l.q.outFeatures, l.q.inFeatures, c.numHeads) });
-    t.push({ name: `${p}.attn_k.weight`, shape: [l.k.outFeatures, l.k.inFeatures], type: 'F32', data: permuteRowsForGguf(w(l.k), l.k.outFeatures, l.k.inFeatures, c.numKvHeads) });
-    t.push({ name: `${p}.attn_v.weight`, shape: [l.v.outFeatures, l.v.inFeatures], type: 'F32', data: w(l.v) });
-    t.push({ name: `${p}.attn_output.weight`, shape: [l.o.outFeatures, l.o.inFeatures], type: 'F32', data: w(l.o) });
-    t.push({ name: `${p}.ffn_norm.weight`, shape: [c.hiddenSize], type: 'F32', data: l.postAttentionLayernorm.data });
-    t.push({ name: `${p}.ffn_gate.weight`, shape: [l.gate.outFeatures, l.gate.inFeatures], type: 'F32', data: w(l.gate) });
-    t.push({ name: `${p}.ffn_up.weight`, shape: [l.up.outFeatures, l.up.inFeatures], type: 'F32', data: w(l.up) });
-    t.push({ name: `${p}.ffn_down.weight`, shape: [l.down.outFeatures, l.down.inFeatures], type: 'F32', data: w(l.down) });
+    const lin = (role: string) => l.linears[role];
+    const w = (role: string) => weightToF32(lin(role).weight);
+    const shape = (role: string) => [lin(role).outFeatures, lin(role).inFeatures];
+    t.push({ name: `${p}.attn_norm.weight`, shape: [c.hiddenSize], type: 'F32', data: l.norms.input_layernorm.weight.data });
+    t.push({ name: `${p}.attn_q.weight`, shape: shape('q'), type: 'F32', data: permuteRowsForGguf(w('q'), lin('q').outFeatures, lin('q').inFeatures, c.numHeads) });
+    t.push({ name: `${p}.attn_k.weight`, shape: shape('k'), type: 'F32', data: permuteRowsForGguf(w('k'), lin('k').outFeatures, lin('k').inFeatures, c.numKvHeads) });
+    t.push({ name: `${p}.attn_v.weight`, shape: shape('v'), type: 'F32', data: w('v') });
+    t.push({ name: `${p}.attn_output.weight`, shape: shape('o'), type: 'F32', data: w('o') });
+    t.push({ name: `${p}.ffn_norm.weight`, shape: [c.hiddenSize], type: 'F32', data: l.norms.post_attention_layernorm.weight.data });
+    t.push({ name: `${p}.ffn_gate.weight`, shape: shape('gate'), type: 'F32', data: w('gate') });
+    t.push({ name: `${p}.ffn_up.weight`, shape: shape('up'), type: 'F32', data: w('up') });
+    t.push({ name: `${p}.ffn_down.weight`, shape: shape('down'), type: 'F32', data: w('down') });
   }
   writeGgufFile(path, kvs, t);
 }
