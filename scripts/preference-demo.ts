@@ -12,6 +12,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runTraining, type TrainRunOptions } from '../src/train/run.js';
+import { loadPreferenceData } from '../src/train/preference/data.js';
+import { defaultPreferenceConfig } from '../src/train/preference/losses.js';
+import { evaluatePreference } from '../src/train/preference/run.js';
 
 const { values } = parseArgs({ options: { 'max-steps': { type: 'string', default: '60' }, out: { type: 'string', default: 'out/preference' } } });
 const steps = Number(values['max-steps']);
@@ -29,15 +32,20 @@ async function run(name: string, o: Partial<TrainRunOptions>): Promise<void> {
   const t0 = performance.now();
   const r = await runTraining({ ...common, ...o, output: join(OUT, name) });
   const p = r.preference!;
+  const seconds = (performance.now() - t0) / 1000;
+  // one yardstick for every run: DPO's implicit reward (β 0.1) against the base model on the held-out pairs
+  const val = loadPreferenceData(join(DATA, 'val.jsonl'), r.tokenizer, { maxSeqLength: 256 });
+  const vsBase = evaluatePreference({ model: r.model, peft: r.peft, config: defaultPreferenceConfig('dpo'), reference: 'base', maxSeqLength: 256, padId: 0 }, 'paired', val.pairs, 8).metrics;
   const row = {
-    run: name, objective: p.objective, reference: p.reference, steps: r.result.state.step, seconds: (performance.now() - t0) / 1000,
-    before: p.before, after: p.after, forgetting_ppl: r.forgetting ? [r.forgetting.before.perplexity, r.forgetting.after.perplexity] : null,
+    run: name, objective: p.objective, reference: p.reference, lr: r.result.state.options.lr, steps: r.result.state.step, seconds,
+    before: p.before, after: p.after, vs_base: vsBase, forgetting_ppl: r.forgetting ? [r.forgetting.before.perplexity, r.forgetting.after.perplexity] : null,
   };
   rows.push(row);
   console.log(JSON.stringify(row));
 }
 
 await run('dpo', { objective: 'dpo' });
+await run('dpo, lr 2e-4', { objective: 'dpo', lr: 2e-4 });
 await run('ipo', { objective: 'ipo' });
 await run('orpo', { objective: 'orpo' });
 await run('simpo', { objective: 'simpo' });
@@ -53,11 +61,16 @@ const md = [
   `(546 train / 96 held-out pairs: chosen = the real Grimm continuation, rejected = a stories260K sample). Held-out figures before → after;`,
   `TinyStories perplexity on 200 paragraphs of data/tinystories_val_sample before → after (forgetting).`,
   '',
-  '| run | reference | held-out loss | rewards/accuracies | rewards/margins | logps/accuracies | TinyStories ppl | time |',
-  '|---|---|---|---|---|---|---|---:|',
+  'Own metrics: each objective\'s held-out loss and TRL metrics (DPO/IPO/KTO rewards are β·log-ratios to the run\'s reference,',
+  'ORPO/SimPO rewards β·mean log-prob). Against base: DPO\'s implicit reward (β 0.1) of the trained policy vs the base model, the same',
+  'yardstick for every run. Own preference: share of held-out pairs whose chosen completion has the higher summed log-prob under the',
+  'policy (0.01 for the base model; sft+dpo starts from the SFT adapter).',
+  '',
+  '| run | lr | reference | held-out loss | rewards/accuracies (own) | rewards/margins (own) | rewards/accuracies, margins vs base | own preference | TinyStories ppl | time |',
+  '|---|---:|---|---|---|---|---|---|---|---:|',
   ...rows.map((r) => {
-    const b = r.before as Record<string, number>, a = r.after as Record<string, number>, f = r.forgetting_ppl as number[] | null;
-    return `| ${r.run} | ${r.reference} | ${fmt(b.loss)} → ${fmt(a.loss)} | ${keys.slice(0, 1).map((k) => `${fmt(b[k], 2)} → ${fmt(a[k], 2)}`)} | ${fmt(b['rewards/margins'])} → ${fmt(a['rewards/margins'])} | ${fmt(b['logps/accuracies'], 2)} → ${fmt(a['logps/accuracies'], 2)} | ${f ? `${fmt(f[0], 2)} → ${fmt(f[1], 2)}` : '–'} | ${(r.seconds as number).toFixed(0)} s |`;
+    const b = r.before as Record<string, number>, a = r.after as Record<string, number>, v = r.vs_base as Record<string, number>, f = r.forgetting_ppl as number[] | null;
+    return `| ${r.run} | ${r.lr} | ${r.reference} | ${fmt(b.loss)} → ${fmt(a.loss)} | ${fmt(b[keys[0]], 2)} → ${fmt(a[keys[0]], 2)} | ${fmt(b['rewards/margins'])} → ${fmt(a['rewards/margins'])} | ${fmt(v['rewards/accuracies'], 2)}, ${fmt(v['rewards/margins'])} | ${fmt(b['logps/accuracies'] ?? 1 / 96, 2)} → ${fmt(v['logps/accuracies'], 2)} | ${f ? `${fmt(f[0], 2)} → ${fmt(f[1], 2)}` : '–'} | ${(r.seconds as number).toFixed(0)} s |`;
   }),
   '',
   `SFT step of sft+dpo (${steps} steps on the tales' text): TinyStories ppl ${sftPpl ? `${fmt(sftPpl[0], 2)} → ${fmt(sftPpl[1], 2)}` : '–'}; its DPO "before" is the SFT adapter.`,

@@ -26,5 +26,11 @@ export { createLoader, evalBatches, loadDataset, type Dataset, type Example, typ
 export { evaluate, type EvalResult } from './train/evaluate.js';
 export { train, TRAIN_DEFAULTS, type TrainOptions, type TrainResult } from './train/trainer.js';
 export { runTraining, setupMethod, DEFAULT_LR, METHODS, type MethodName, type TrainRunOptions } from './train/run.js';
+export {
+  defaultPreferenceConfig, dpoLoss, ipoLoss, ktoLoss, orpoLoss, simpoLoss, OBJECTIVES, type Objective, type PreferenceConfig,
+} from './train/preference/losses.js';
+export { loadPreferenceData, type PairExample, type PreferenceData, type UnpairedExample } from './train/preference/data.js';
+export { ktoStep, pairStep, type PreferenceSetup, type ReferenceKind } from './train/preference/step.js';
+export { evaluatePreference, type PreferenceRunResult } from './train/preference/run.js';
 export { runCompare } from './report/compare.js';
 export { runMainJob } from './report/main-job.js';

@@ -16,5 +16,6 @@ export function attachAdapterForInference(model: CausalLM, dir: string, base?: {
     if (c.status === 'mismatch') process.stderr.write(`peft: warning: ${dir} was trained on another base model (${c.differences[0]}); running it anyway (--allow-base-mismatch)\n`);
   }
   const { peft, setup } = attachAdapters(model, [{ name: 'default', dir }]);
+  for (const note of (peft.get('default') as { loadNotes?: string[] }).loadNotes ?? []) process.stderr.write(`peft: note: ${note}\n`);
   return { ...setup, peft };
 }

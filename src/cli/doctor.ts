@@ -8,6 +8,7 @@ import { Command } from 'commander';
 import { PeftError } from '../errors.js';
 import { loadTokenizer } from '../io/tokenizer.js';
 import { DEPLOY_TARGETS, doctorAdapter, doctorData, exitCode, targetChecks, type DeployTarget, type Finding } from '../lifecycle/doctor.js';
+import { DEFAULT_MODEL } from '../paths.js';
 import { adapterBase, openModel } from './model.js';
 import { int, withConfigFile } from './options.js';
 
@@ -44,7 +45,7 @@ export function doctorCommand(): Command {
     if (o.target !== undefined && !(DEPLOY_TARGETS as string[]).includes(o.target)) throw new PeftError('unknown target', { field: '--target', expected: DEPLOY_TARGETS.join(', '), found: o.target });
     const findings: Finding[] = [];
     const json: Record<string, unknown> = {};
-    const base = o.adapter ? adapterBase(o.adapter, o.model) : { dir: o.model ?? adapterBase('.', o.model).dir, quantize: undefined };
+    const base = o.adapter ? adapterBase(o.adapter, o.model) : { dir: o.model ?? DEFAULT_MODEL, quantize: undefined };
     const tok = loadTokenizer(base.dir);
     if (o.data) {
       const r = doctorData(o.data, tok, {

@@ -173,7 +173,7 @@ def main():
         seed=JOB["seed"], data_seed=JOB["seed"], max_length=JOB["maxSeqLength"], packing=text,
         packing_strategy="wrapped", completion_only_loss=None if text else True, dataset_text_field="text",
         logging_steps=1, save_strategy="no", report_to="none", dataloader_drop_last=False,
-        bf16=args.bf16, use_cpu=not torch.cuda.is_available(),
+        bf16=args.bf16, use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(records(JOB)), processing_class=tok, peft_config=peft_config)
     trainer.train()

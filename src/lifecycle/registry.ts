@@ -227,6 +227,7 @@ export function setTag(root: string, ref: string, tag: string, action: 'tag' | '
     const { name, version } = resolveRef(root, ref);
     const t = readTags(root, name);
     const from = t.tags[tag] ?? null;
+    if (from === version) return { from, to: version }; // already there: nothing to record or roll back
     t.tags[tag] = version;
     (t.stacks[tag] ??= []).push(version);
     t.history.push({ at: new Date().toISOString(), action, tag, from, to: version, ...(report ? { report } : {}) });

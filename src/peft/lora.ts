@@ -19,6 +19,7 @@ import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
 import { gaussian, uniformRng } from '../tensor/random.js';
 import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry.js';
+import { reconcileEmbeddingSaves } from './embedding-saves.js';
 import { checkLoraSizes } from './preflight.js';
 import { doraVariant } from './dora.js';
 
@@ -138,6 +139,8 @@ export class LoraAdapter implements AdapterMethod {
   readonly copies = new Map<string, { weight: Tensor; bias: Tensor | null }>();
   /** Base biases this adapter trains (bias = all | lora_only), keyed by module name. */
   readonly biases = new Map<string, Tensor>();
+  /** What loading this adapter from a directory accepted and ignored (printed by the CLI). */
+  readonly loadNotes: string[] = [];
   /** The model config before merge() untied lm_head from embed_tokens (restored by unmerge). */
   private tiedConfig: ModelConfig | null = null;
 
@@ -411,8 +414,11 @@ export function loadLoraTensors(a: LoraAdapter, tensors: TensorMap, file: string
 
 registerAdapterLoader('LORA', (model, raw, tensors, files) => {
   const cfg = parseLoraConfig(raw, files.config);
+  // HF PEFT's save_embedding_layers copies of the base embedding layers: checked, then dropped
+  const notes = reconcileEmbeddingSaves(model, tensors, files.tensors);
   checkLoraSizes(model, cfg, tensors, files); // before the adapter allocates r × width per module
   const a = new LoraAdapter(model, cfg);
   loadLoraTensors(a, tensors, files.tensors);
+  a.loadNotes.push(...notes);
   return a;
 });

@@ -46,6 +46,7 @@ describe('registry', () => {
     setTag(root, 'tales@1', 'prod');
     expect(resolveRef(root, 'tales')).toEqual({ name: 'tales', version: 1 });
     setTag(root, 'tales@2', 'prod');
+    expect(setTag(root, 'tales@2', 'prod')).toEqual({ from: 2, to: 2 }); // no-op: not a rollback step
     expect(show(root, 'tales').tags).toEqual(['prod']);
     expect(rollback(root, 'tales')).toEqual({ from: 2, to: 1 });
     expect(resolveRef(root, 'tales@prod').version).toBe(1);

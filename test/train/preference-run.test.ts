@@ -13,7 +13,13 @@ import { backward, f32Weight, noGrad, Tensor, withArena } from '../../src/tensor
 import { runTraining } from '../../src/train/run.js';
 import { fusedTokenLogProbs, logitsTokenLogProbs, surrogateLoss } from '../../src/train/preference/logps.js';
 import { linear } from '../../src/tensor/index.js';
-import { FIXTURES, readJson } from '../helpers.js';
+import { FIXTURES, maxRelDiff, readJson, STORIES } from '../helpers.js';
+import { loadModel } from '../../src/models/load.js';
+import { loadTokenizer } from '../../src/io/tokenizer.js';
+import { loadAdapter, PeftModel } from '../../src/peft/index.js';
+import { loadPreferenceData } from '../../src/train/preference/data.js';
+import { defaultPreferenceConfig } from '../../src/train/preference/losses.js';
+import { pairStep, type PreferenceSetup } from '../../src/train/preference/step.js';
 
 function rand(n: number, seed: number): Float32Array {
   let s = seed;
@@ -105,6 +111,33 @@ describe('preference runs', () => {
       if (method === 'full') expect(evals[0].loss).toBeCloseTo(Math.LN2, 5); // the precomputed reference is the initial model
     });
   }
+
+  it('a precomputed reference gives the same run as the per-batch reference (base, adapter disabled)', async () => {
+    const a = await runTraining({ ...common, data: pairs, objective: 'dpo', seed: 3 });
+    const b = await runTraining({ ...common, data: pairs, objective: 'dpo', seed: 3, precomputeRefLogps: true });
+    expect(b.preference?.reference).toBe('precomputed');
+    expect(b.preference?.referenceDescription).toContain('computed once');
+    a.result.steps.forEach((s, i) => expect(Math.abs(s.loss - b.result.steps[i].loss)).toBeLessThan(1e-6));
+    expect(Math.abs(a.preference!.after!['rewards/margins'] - b.preference!.after!['rewards/margins'])).toBeLessThan(1e-5);
+  });
+
+  it('gradient accumulation: two micro-batches of one pair equal one batch of two', async () => {
+    const model = loadModel(STORIES);
+    const peft = new PeftModel(model);
+    loadAdapter(peft, join(FIXTURES, 'stories260K'), 'default');
+    const params = peft.trainable('default');
+    const tok = loadTokenizer(STORIES);
+    const d = loadPreferenceData(pairs, tok, { maxSeqLength: 256 });
+    const p: PreferenceSetup = { model, peft, config: defaultPreferenceConfig('dpo'), reference: 'base', maxSeqLength: 256, padId: 0 };
+    const ctx = { training: false, seed: 0, dropoutCalls: 0 };
+    const grads = (batches: number[][]): Float32Array[] => {
+      for (const q of params) q.tensor.grad = null;
+      for (const b of batches) withArena(() => backward(pairStep(p, b.map((i) => d.pairs[i]), null, 1 / 2, ctx).result.loss));
+      return params.map((q) => q.tensor.grad!.slice());
+    };
+    const one = grads([[0, 1]]), two = grads([[0], [1]]);
+    one.forEach((g, i) => expect(maxRelDiff(two[i], g)).toBeLessThan(1e-5));
+  });
 
   it('--adapter continues an adapter; its frozen copy is the reference (rewards start at 0)', async () => {
     const out = join(dir, 'continue');
