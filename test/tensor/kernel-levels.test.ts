@@ -16,7 +16,7 @@ import { native } from '../../src/native/index.js';
 const script = `
 import { native } from ${JSON.stringify(join(ROOT, 'src/native/index.ts'))};
 import { loadModel } from ${JSON.stringify(join(ROOT, 'src/models/load.ts'))};
-import { forwardHidden, lmLogits } from ${JSON.stringify(join(ROOT, 'src/models/llama.ts'))};
+import { forwardHidden, lmLogits } from ${JSON.stringify(join(ROOT, 'src/models/model.ts'))};
 import { noGrad, withArena } from ${JSON.stringify(join(ROOT, 'src/tensor/index.ts'))};
 import { readTensors, readJson, maxAbsDiff } from ${JSON.stringify(join(ROOT, 'test/helpers.ts'))};
 const NF4 = [-1, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
