@@ -18,7 +18,7 @@ PREFIX_TUNING, PROMPT_TUNING, ...). BOTTLENECK adapters have no HF PEFT implemen
 reported as skipped.
 
   --make TYPE[,TYPE...]   first write sample adapters with peft-ts
-                          (`interop-logits.ts make`: LORA, LORA_RSLORA, IA3, PREFIX_TUNING,
+                          (`interop-logits.ts make`: LORA, LORA_RSLORA, LORA_DORA, IA3, PREFIX_TUNING,
                           PREFIX_TUNING_PROJ, PROMPT_TUNING, or ALL) into a temporary directory
                           and check those too.
 
@@ -49,7 +49,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(ROOT, "models", "stories260K")
 DEFAULT_TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside."
-MAKE_TYPES = ["LORA", "LORA_RSLORA", "IA3", "PREFIX_TUNING", "PREFIX_TUNING_PROJ", "PROMPT_TUNING"]
+MAKE_TYPES = ["LORA", "LORA_RSLORA", "LORA_DORA", "IA3", "PREFIX_TUNING", "PREFIX_TUNING_PROJ", "PROMPT_TUNING"]
 NO_HF_IMPLEMENTATION = {"BOTTLENECK"}
 
 

@@ -350,7 +350,12 @@ function runCase(base: Base, target: Target, index: number, seed: number, scratc
       const j = mutateFileJson(join(STORIES, 'config.json'), ['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads', 'rope_theta', 'rms_norm_eps', 'vocab_size', 'max_position_embeddings', 'tie_word_embeddings', 'rope_scaling', 'architectures', 'head_dim']);
       const f = scratchWith(STORIES, scratch, 'config.json', j.text);
       const c = loadConfig(scratch) as unknown as Record<string, unknown>;
-      checkFields(tryJson(j.text), { ...c, rope_theta: (c.rope as { theta?: unknown } | undefined)?.theta }, {
+      // transformers 5.x: rope_parameters.rope_theta, when present, wins over the top-level rope_theta
+      const raw = tryJson(j.text) as Json | undefined;
+      const rp = raw && typeof raw === 'object' ? raw.rope_parameters : undefined;
+      const expectRaw = raw && typeof raw === 'object' && rp && typeof rp === 'object' && !Array.isArray(rp) && (rp as Json).rope_theta !== undefined
+        ? { ...raw, rope_theta: (rp as Json).rope_theta } : raw;
+      checkFields(expectRaw, { ...c, rope_theta: (c.rope as { theta?: unknown } | undefined)?.theta }, {
         hidden_size: 'hiddenSize', intermediate_size: 'intermediateSize', num_hidden_layers: 'numLayers', num_attention_heads: 'numHeads',
         num_key_value_heads: 'numKvHeads', rms_norm_eps: 'rmsNormEps', vocab_size: 'vocabSize', max_position_embeddings: 'maxPositionEmbeddings',
         tie_word_embeddings: 'tieWordEmbeddings', rope_theta: 'rope_theta',

@@ -67,7 +67,7 @@ export function logits(o: Record<string, string>): string {
 }
 
 /** Sample adapter types `make` writes. */
-export const MAKE_TYPES = ['LORA', 'LORA_RSLORA', 'IA3', 'PREFIX_TUNING', 'PREFIX_TUNING_PROJ', 'PROMPT_TUNING'] as const;
+export const MAKE_TYPES = ['LORA', 'LORA_RSLORA', 'LORA_DORA', 'IA3', 'PREFIX_TUNING', 'PREFIX_TUNING_PROJ', 'PROMPT_TUNING'] as const;
 
 /** The `make` command: writes a sample adapter into o.output and returns its summary line. */
 export function make(o: Record<string, string>): string {
@@ -87,6 +87,9 @@ export function make(o: Record<string, string>): string {
         rank_pattern: { k_proj: 2 }, alpha_pattern: { v_proj: 12 },
       }), seed);
       break;
+    case 'LORA_DORA':
+      a = new LoraAdapter(model, parseLoraConfig({ r: 4, lora_alpha: 8, use_dora: true, target_modules: 'all-linear' }), seed);
+      break;
     case 'IA3':
       a = createIa3Adapter(model, {}, seed);
       break;
@@ -100,7 +103,7 @@ export function make(o: Record<string, string>): string {
       a = createPromptAdapter(model, { num_virtual_tokens: 6 }, undefined, seed);
       break;
     default:
-      throw new Error(`unknown --type ${type} (LORA, LORA_RSLORA, IA3, PREFIX_TUNING, PREFIX_TUNING_PROJ, PROMPT_TUNING)`);
+      throw new Error(`unknown --type ${type} (LORA, LORA_RSLORA, LORA_DORA, IA3, PREFIX_TUNING, PREFIX_TUNING_PROJ, PROMPT_TUNING)`);
   }
   const u = rng(seed * 7919 + 1);
   for (const { tensor } of a.trainableParameters()) {

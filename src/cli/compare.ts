@@ -15,7 +15,7 @@ function methodsOf(v: string[] | undefined): MethodName[] | undefined {
 export function compareCommand(): Command {
   const cmd = new Command('compare')
     .description('train every method on the same data and token budget; write a table (Markdown + JSON) and a chart')
-    .option('--model <dir>', 'Hugging Face model directory (default: the bundled stories260K)')
+    .option('--model <dir>', 'Hugging Face model directory or a bundled model name: stories260K (default), tinystories656K')
     .option('--data <file>', 'new-domain training data (default: the bundled Grimm\'s fairy tales)')
     .option('--forgetting-data <file>', 'old-domain text for forgetting (default: the bundled TinyStories sample)')
     .option('--methods <list>', `comma-separated subset of ${METHODS.join(', ')}`, list)
@@ -40,13 +40,14 @@ export function compareCommand(): Command {
 
 export function mainCommand(): Command {
   const cmd = new Command('main')
-    .description('the main job: adapt the bundled stories260K to Grimm\'s fairy tales with every method; report perplexities, forgetting and samples')
+    .description('the main job: adapt the bundled stories260K (or --model) to Grimm\'s fairy tales with every method; report perplexities, forgetting and samples')
+    .option('--model <dir>', 'Hugging Face model directory or a bundled model name: stories260K (default), tinystories656K')
     .option('--output <dir>', 'output directory', 'out/main')
     .option('--max-steps <n>', 'optimizer steps per method', int('--max-steps', 1), COMPARE_DEFAULTS.maxSteps)
     .option('--methods <list>', `comma-separated subset of ${METHODS.join(', ')}`, list);
-  cmd.action(async (o: { output: string; maxSteps: number; methods?: string[] }) => {
+  cmd.action(async (o: { model?: string; output: string; maxSteps: number; methods?: string[] }) => {
     const { markdown, dir } = await runMainJob({
-      output: o.output, maxSteps: o.maxSteps, methods: methodsOf(o.methods),
+      model: o.model, output: o.output, maxSteps: o.maxSteps, methods: methodsOf(o.methods),
       onProgress: (line) => process.stderr.write(`${line}\n`),
     });
     process.stdout.write(markdown);

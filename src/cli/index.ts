@@ -15,11 +15,17 @@ import { doctorCommand } from './doctor.js';
 import { registryCommand } from './registry.js';
 import { deployCommand } from './deploy.js';
 import { exportJobCommand } from './export-job.js';
+import { resolveModel } from '../paths.js';
 
 export function buildProgram(): Command {
   const program = new Command('peft')
     .description('parameter-efficient fine-tuning of causal language models (LoRA, QLoRA, adapters, prefix/prompt tuning, IA3)')
     .showHelpAfterError();
+  // `--model tinystories656K` names a bundled model, in every command
+  program.hook('preAction', (_program, action) => {
+    const m = action.getOptionValue('model');
+    if (typeof m === 'string') action.setOptionValue('model', resolveModel(m));
+  });
   program.addCommand(mainCommand());
   program.addCommand(trainCommand());
   program.addCommand(generateCommand());

@@ -56,7 +56,7 @@ export function inspectCommand(): Command {
     const lines = [
       `model: ${dir} (${c.architecture})`,
       `  layers ${c.numLayers}, hidden ${c.hiddenSize}, intermediate ${c.intermediateSize}, heads ${c.numHeads} (kv ${c.numKvHeads}, head_dim ${c.headDim}), vocab ${c.vocabSize}`,
-      `  RoPE ${c.rope.type} theta ${c.rope.theta}${c.rope.type !== 'default' ? ` factor ${c.rope.factor}` : ''}, ${c.tieWordEmbeddings ? 'tied' : 'untied'} embeddings`,
+      `  ${c.layers.every((l) => l.rope === null) ? `learned positions (${c.maxPositionEmbeddings})` : `RoPE ${c.rope.type} theta ${c.rope.theta}${c.rope.type !== 'default' ? ` factor ${c.rope.factor}` : ''}${c.rope.rotaryDim !== undefined && c.rope.rotaryDim < c.headDim ? ` on ${c.rope.rotaryDim} of ${c.headDim} dims` : ''}`}, ${c.tieWordEmbeddings ? 'tied' : 'untied'} embeddings`,
       `  parameters ${params.toLocaleString('en-US')}, weights ${(bytes / 2 ** 20).toFixed(2)} MiB (linear storage: ${info.storage})`,
     ];
     if (q) lines.push(`  4-bit ${q.quantType}: ${q.bitsPerParam.toFixed(4)} bits/param over ${q.quantizedParams.toLocaleString('en-US')} params, ${(100 * q.ratio).toFixed(2)}% of float32; whole base ${(q.baseBytesTotal / 2 ** 20).toFixed(2)} MiB`);

@@ -3,6 +3,7 @@
  * on the command line (flags override the file), and number/list parsers that name the flag in
  * their errors.
  */
+import { resolveModel } from '../paths.js';
 import { InvalidArgumentError, type Command, type Option } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { PeftError } from '../errors.js';
@@ -116,6 +117,7 @@ export function withConfigFile<T extends Record<string, unknown>>(cmd: Command, 
     const value = configValue(opt, k, v, path);
     if (value !== undefined) merged[k] = value;
   }
+  if (typeof merged.model === 'string') merged.model = resolveModel(merged.model);
   return merged as T;
 }
 

@@ -14,11 +14,15 @@ import { PeftError } from '../errors.js';
 /** RoPE settings (transformers `rope_parameters` / `rope_scaling`). */
 export interface RopeConfig {
   theta: number;
-  type: 'default' | 'linear' | 'llama3';
+  type: 'default' | 'linear' | 'llama3' | 'longrope';
   factor: number;
   lowFreqFactor: number;
   highFreqFactor: number;
   originalMaxPositionEmbeddings: number;
+  /** Rotated features per head (`partial_rotary_factor` · head_dim); absent = head_dim. */
+  rotaryDim?: number;
+  /** LongRoPE (Phi-3 "su"/"longrope"): per-frequency divisors [rotaryDim/2] for short and long inputs, and the cos/sin factor. */
+  longrope?: { shortFactor: number[]; longFactor: number[]; attentionFactor: number };
 }
 
 /** What one decoder layer does differently from the others (interleaved local/global layers, NoPE layers). */
@@ -333,16 +337,38 @@ export function parseRope(r: ConfigReader, key: string, thetaDefault?: number): 
   return cfg;
 }
 
+/** What a layer's RoPE needs at run time (see LayerRope in model.ts). */
+export interface RopeFrequencies {
+  invFreq: Float32Array;
+  attentionScaling: number;
+  /** Rotated features per head (< head_dim with partial rotary). */
+  rotaryDim: number;
+  /** LongRoPE: the frequencies used when max(position) + 1 > threshold (transformers' `longrope_frequency_update`). */
+  long?: { invFreq: Float32Array; threshold: number };
+}
+
 /**
- * RoPE inverse frequencies [headDim/2] exactly as transformers computes them in float32
+ * RoPE inverse frequencies [rotaryDim/2] exactly as transformers computes them in float32
  * (`modeling_rope_utils.py`: `_compute_default_rope_parameters`, `_compute_linear_scaling_rope_parameters`,
- * `_compute_llama3_parameters`). Returns inv_freq and the attention scaling factor (1 here).
+ * `_compute_llama3_parameters`, `_compute_longrope_parameters`). Returns inv_freq, the attention
+ * scaling factor (LongRoPE's attention_factor, else 1), the rotary dimension and, for LongRoPE,
+ * the long-context frequencies with the length beyond which they apply.
  */
-export function ropeInvFreq(rope: RopeConfig, headDim: number): { invFreq: Float32Array; attentionScaling: number } {
+export function ropeInvFreq(rope: RopeConfig, headDim: number): RopeFrequencies {
   const f = Math.fround;
-  const half = headDim / 2;
+  const dim = rope.rotaryDim ?? headDim;
+  const half = dim / 2;
+  const base = (i: number): number => f(Math.pow(rope.theta, f(f(2 * i) / dim)));
+  if (rope.type === 'longrope') {
+    const lr = rope.longrope!;
+    const freqs = (ext: number[]): Float32Array => Float32Array.from({ length: half }, (_, i) => f(1 / f(f(ext[i]) * base(i))));
+    return {
+      invFreq: freqs(lr.shortFactor), attentionScaling: lr.attentionFactor, rotaryDim: dim,
+      long: { invFreq: freqs(lr.longFactor), threshold: rope.originalMaxPositionEmbeddings },
+    };
+  }
   const inv = new Float32Array(half);
-  for (let i = 0; i < half; i++) inv[i] = f(1 / f(Math.pow(rope.theta, f(f(2 * i) / headDim))));
+  for (let i = 0; i < half; i++) inv[i] = f(1 / base(i));
   if (rope.type === 'linear') for (let i = 0; i < half; i++) inv[i] = f(inv[i] / rope.factor);
   if (rope.type === 'llama3') {
     const oldCtx = rope.originalMaxPositionEmbeddings;
@@ -357,5 +383,5 @@ export function ropeInvFreq(rope: RopeConfig, headDim: number): { invFreq: Float
       inv[i] = v;
     }
   }
-  return { invFreq: inv, attentionScaling: 1 };
+  return { invFreq: inv, attentionScaling: 1, rotaryDim: dim };
 }

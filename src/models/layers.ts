@@ -43,19 +43,26 @@ export function headNorm(model: CausalLM, n: Norm, x: Tensor, heads: number): Te
  * Returns [rows, hidden] before the residual add.
  */
 export function attentionBlock(model: CausalLM, layer: DecoderLayer, h: Tensor, env: BlockEnv): Tensor {
-  const c = model.config;
   const L = layer.linears;
-  let q = runLinear(L.q, h, env.ctx);
-  let k = runLinear(L.k, h, env.ctx);
-  const v = runLinear(L.v, h, env.ctx);
+  return attendQkv(model, layer, runLinear(L.q, h, env.ctx), runLinear(L.k, h, env.ctx), runLinear(L.v, h, env.ctx), env);
+}
+
+/**
+ * The rest of the attention sub-block from projected q [rows, Hq·D], k, v [rows, Hkv·D] (separate
+ * or split from a fused projection): q/k norms, RoPE (partial when the layer's rotaryDim < D),
+ * attention, output projection (role o).
+ */
+export function attendQkv(model: CausalLM, layer: DecoderLayer, q: Tensor, k: Tensor, v: Tensor, env: BlockEnv): Tensor {
+  const c = model.config;
   if (layer.norms.q_norm) q = headNorm(model, layer.norms.q_norm, q, c.numHeads);
   if (layer.norms.k_norm) k = headNorm(model, layer.norms.k_norm, k, c.numKvHeads);
   const table = env.table(layer);
   if (table) {
-    q = rope(q, table, c.numHeads, c.headDim);
-    k = rope(k, table, c.numKvHeads, c.headDim);
+    const rd = layer.rope?.rotaryDim ?? c.headDim;
+    q = rope(q, table, c.numHeads, c.headDim, rd);
+    k = rope(k, table, c.numKvHeads, c.headDim, rd);
   }
-  return runLinear(L.o, env.attend(layer, q, k, v), env.ctx);
+  return runLinear(layer.linears.o, env.attend(layer, q, k, v), env.ctx);
 }
 
 /** Gated MLP: down(act(gate(h)) ⊙ up(h)), act = SiLU (SwiGLU) or GELU-tanh (GeGLU). */

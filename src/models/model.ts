@@ -68,6 +68,10 @@ export interface Norm {
 export interface LayerRope {
   invFreq: Float32Array;
   attentionScaling: number;
+  /** Rotated features per head (head_dim, or fewer with partial rotary). */
+  rotaryDim: number;
+  /** LongRoPE: frequencies for forwards whose max(position) + 1 exceeds `threshold` (as transformers switches per forward). */
+  long?: { invFreq: Float32Array; threshold: number };
 }
 
 export interface DecoderLayer {
@@ -238,7 +242,14 @@ function addPositions(model: CausalLM, x: Tensor, positions: Int32Array): Tensor
  */
 function ropeTables(model: CausalLM, positions: Int32Array): (layer: DecoderLayer) => RopeTable | null {
   const tables = new Map<LayerRope, RopeTable>();
-  for (const l of model.layers) if (l.rope && !tables.has(l.rope)) tables.set(l.rope, ropeTable(positions, l.rope.invFreq, l.rope.attentionScaling));
+  let maxPos = -1;
+  for (const p of positions) if (p > maxPos) maxPos = p;
+  for (const r of model.layers.map((l) => l.rope)) {
+    if (!r || tables.has(r)) continue;
+    // LongRoPE: the long frequencies when this forward reaches past the original context (transformers' longrope_frequency_update)
+    const inv = r.long && maxPos + 1 > r.long.threshold ? r.long.invFreq : r.invFreq;
+    tables.set(r, ropeTable(positions, inv, r.attentionScaling));
+  }
   return (layer) => (layer.rope ? tables.get(layer.rope)! : null);
 }
 

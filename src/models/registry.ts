@@ -2,15 +2,20 @@
  * The architecture registry: `config.architectures[0]` → its family (config parser, module map,
  * block). Adding an architecture = one family file in src/models/ and one line here.
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { PeftError } from '../errors.js';
+import { readJsonObject } from '../io/files.js';
 import { architectureOf, ConfigReader, readConfigFiles, type Json, type ModelConfig } from './config.js';
 import { gemmaFamily } from './gemma.js';
+import { gpt2Family } from './gpt2.js';
 import { llamaFamily } from './llama.js';
 import type { Family } from './model.js';
+import { phi3Family } from './phi3.js';
 import { qwenFamily } from './qwen.js';
 import { smollm3Family } from './smollm3.js';
 
-export const FAMILIES: readonly Family[] = [llamaFamily, qwenFamily, smollm3Family, gemmaFamily];
+export const FAMILIES: readonly Family[] = [llamaFamily, qwenFamily, smollm3Family, phi3Family, gpt2Family, gemmaFamily];
 
 /** Every `architectures[0]` value a model may have. */
 export const SUPPORTED_ARCHITECTURES: readonly string[] = FAMILIES.flatMap((f) => f.architectures);
@@ -30,6 +35,8 @@ export function parseConfig(raw: Json, file: string, generationConfig: Json = {}
 
 /** Reads and validates `dir/config.json` (and EOS ids from `generation_config.json` when present). */
 export function loadConfig(dir: string): ModelConfig {
+  // regular file, bounded, nesting-capped (a 5,000-deep value overflowed the stack in an error message)
+  if (existsSync(join(dir, 'config.json'))) readJsonObject(join(dir, 'config.json'), { what: 'config.json (a JSON object)' });
   const { raw, file, gen } = readConfigFiles(dir);
   return parseConfig(raw, file, gen);
 }

@@ -168,7 +168,6 @@ export function parseLoraConfig(raw: Json, file = 'LoRA config'): LoraConfig {
   };
   if (cfg.use_dora && cfg.lora_bias)
     throw new PeftError('lora_bias is not supported with DoRA (as in HF PEFT)', { file, field: 'lora_bias', expected: 'false when use_dora is true', found: 'true' });
-  if (cfg.fan_in_fan_out) throw new PeftError('fan_in_fan_out is for GPT-2 style Conv1D layers, which this model family does not have', { file, field: 'fan_in_fan_out', expected: 'false', found: 'true' });
   for (const [k, v] of Object.entries(cfg.rank_pattern)) if (!Number.isInteger(v) || v < 1)
     throw new PeftError('invalid rank in rank_pattern', { file, field: `rank_pattern.${k}`, expected: 'an integer >= 1', found: String(v) });
   return cfg;

@@ -30,11 +30,7 @@ function baseRowNormsSq(w: Weight): Float64Array {
   if (cached) return cached;
   const data = w.data.kind === 'f32' ? w.data.tensor.data : weightToF32(w);
   const out = new Float64Array(w.rows);
-  for (let o = 0; o < w.rows; o++) {
-    let s = 0;
-    for (let i = o * w.cols, e = i + w.cols; i < e; i++) s += data[i] * data[i];
-    out[o] = s;
-  }
+  for (let o = 0; o < w.rows; o++) out[o] = native.sumSquares(data.subarray(o * w.cols, (o + 1) * w.cols));
   if (w.data.kind !== 'f32') rowNormCache.set(w.data, out);
   return out;
 }

@@ -56,8 +56,6 @@ export function parseIa3Config(raw: Record<string, unknown>, file = 'IA3 config'
     inference_mode: c.bool('inference_mode', false),
     revision: c.strOrNull('revision'),
   };
-  if (cfg.fan_in_fan_out)
-    throw new PeftError('fan_in_fan_out is for GPT-2 style Conv1D layers, which this model family does not have', { file, field: 'fan_in_fan_out', expected: 'false', found: 'true' });
   if (cfg.modules_to_save && cfg.modules_to_save.length > 0)
     throw new PeftError('modules_to_save is not supported for IA3 adapters', { file, field: 'modules_to_save', expected: 'null', found: JSON.stringify(cfg.modules_to_save) });
   const t = cfg.target_modules, ff = cfg.feedforward_modules;
@@ -130,7 +128,8 @@ export class Ia3Adapter implements AdapterMethod {
       auto_mapping: null,
       base_model_name_or_path: c.base_model_name_or_path,
       exclude_modules: c.exclude_modules,
-      fan_in_fan_out: false,
+      // PEFT sets it for Conv1D targets (GPT-2) and clears it for nn.Linear ones
+      fan_in_fan_out: [...this.layers.values()].some((l) => l.module.fanInFanOut),
       feedforward_modules: this.feedforwardModules,
       inference_mode: true,
       init_ia3_weights: c.init_ia3_weights,

@@ -213,7 +213,9 @@ export class LoraAdapter implements AdapterMethod {
       base_model_name_or_path: c.base_model_name_or_path,
       bias: c.bias,
       exclude_modules: c.exclude_modules,
-      fan_in_fan_out: false,
+      // PEFT sets it (with a warning) when the targets are Conv1D layers (GPT-2) and clears it for nn.Linear ones;
+      // the factors' shapes are the same either way, and our weights are [out, in] in memory
+      fan_in_fan_out: [...this.layers.values()].some((l) => l.module.fanInFanOut),
       inference_mode: true,
       init_lora_weights: c.init_lora_weights,
       layer_replication: null,

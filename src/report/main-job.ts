@@ -6,7 +6,7 @@
  * loss curves, and sample generations before and after. Writes report.json and report.md.
  */
 import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { generate } from '../generate/generate.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { loadTokenizer } from '../io/tokenizer.js';
@@ -23,6 +23,8 @@ export interface MainJobOptions {
   output?: string;
   maxSteps?: number;
   methods?: MethodName[];
+  /** Base model directory (default: the bundled stories260K). */
+  model?: string;
   onProgress?: (line: string) => void;
 }
 
@@ -34,12 +36,13 @@ interface Sample {
   text: string;
 }
 
-function samples(model: CausalLM, setup: SequenceSetup): Sample[] {
-  const tok = loadTokenizer(DEFAULT_MODEL);
+function samples(model: CausalLM, setup: SequenceSetup, tokenizerDir: string): Sample[] {
+  const tok = loadTokenizer(tokenizerDir);
   return SAMPLE_PROMPTS.map((prompt) => {
     const ids = tok.encode(prompt);
-    // stories260K ends a story with BOS (id 1)
-    const r = generate(model, ids, { maxNewTokens: 48, temperature: 0, stopIds: [1] }, setup);
+    // stops at the model's EOS ids (generate's default) and at BOS: stories260K ends a story with BOS (id 1)
+    const bos = model.config.bosTokenId;
+    const r = generate(model, ids, { maxNewTokens: 48, temperature: 0, stopIds: bos !== null ? [bos] : [] }, setup);
     return { prompt, text: tok.decode(r.ids) };
   });
 }
@@ -57,26 +60,27 @@ export async function runMainJob(o: MainJobOptions = {}): Promise<{ report: Main
   const methods = o.methods ?? METHODS;
   const maxSteps = o.maxSteps ?? COMPARE_DEFAULTS.maxSteps;
   const t0 = performance.now();
+  const base = o.model ?? DEFAULT_MODEL;
   const { rows } = await runCompare({
-    methods, maxSteps, output: join(dir, 'runs'),
+    model: o.model, methods, maxSteps, output: join(dir, 'runs'),
     onProgress: (m, line) => { if (/^(done|forgetting|trainable)/.test(line)) o.onProgress?.(`[${m}] ${line}`); },
   });
   o.onProgress?.('sample generations');
   const byMethod = new Map(rows.map((r) => [r.method, r]));
   const gen: Record<string, Sample[]> = {};
-  gen.base = samples(loadModel(DEFAULT_MODEL), {});
+  gen.base = samples(loadModel(base), {}, base);
   for (const r of rows) {
-    if (r.method === 'full') gen.full = samples(loadModel(r.output), {});
+    if (r.method === 'full') gen.full = samples(loadModel(r.output), {}, base);
     else if (r.method === 'lora') {
-      const m = loadModel(DEFAULT_MODEL);
+      const m = loadModel(base);
       const { peft } = attachAdapters(m, [{ name: 'lora', dir: r.output }]);
-      gen.lora = samples(m, sequenceSetup(peft));
+      gen.lora = samples(m, sequenceSetup(peft), base);
     }
   }
   const lora = byMethod.get('lora'), full = byMethod.get('full');
   const curves = [lora, full].filter((r): r is CompareRow => !!r).flatMap((r) => r.loss_curve.map(([step, loss]) => ({ step, loss, split: 'train', series: r.method })));
   if (curves.length) writeFileAtomic(join(dir, 'loss_curve.svg'), await lossCurveSvg(curves, 'training loss: LoRA vs full fine-tuning on Grimm\'s fairy tales'));
-  const settings = { ...COMPARE_DEFAULTS, maxSteps, methods, model: 'stories260K (bundled)', new_domain: 'Grimm\'s fairy tales (bundled)', old_domain: 'TinyStories validation sample (bundled)', wall_seconds: (performance.now() - t0) / 1000 };
+  const settings = { ...COMPARE_DEFAULTS, maxSteps, methods, model: o.model ? basename(o.model) : 'stories260K (bundled)', new_domain: 'Grimm\'s fairy tales (bundled)', old_domain: 'TinyStories validation sample (bundled)', wall_seconds: (performance.now() - t0) / 1000 };
   const report: MainReport = { settings, rows, samples: gen, headline: lora && full ? { lora, full } : null };
   const markdown = mainMarkdown(report);
   writeJsonAtomic(join(dir, 'report.json'), report);
@@ -86,7 +90,7 @@ export async function runMainJob(o: MainJobOptions = {}): Promise<{ report: Main
 
 function mainMarkdown(r: MainReport): string {
   const s = r.settings as typeof COMPARE_DEFAULTS & { wall_seconds: number };
-  const out: string[] = ['# peft-ts main job: adapting stories260K to Grimm\'s fairy tales', ''];
+  const out: string[] = [`# peft-ts main job: adapting ${String(r.settings.model).replace(' (bundled)', '')} to Grimm's fairy tales`, ''];
   if (r.headline) {
     const { lora, full } = r.headline;
     const f = (x: number): string => x.toFixed(2);

@@ -10,5 +10,6 @@ export { attention, type AttentionOptions } from './ops/attention.js';
 export { activation, dropout, swiglu } from './ops/activation.js';
 export { add, concatSeq, mul, mulFeatures, repeatBatch, scale, softcap } from './ops/elementwise.js';
 export { embedding } from './ops/embedding.js';
+export { splitCols } from './ops/split.js';
 export { crossEntropy, IGNORE_INDEX, linearCrossEntropy, type LossResult } from './ops/loss.js';
 export { fillNormal, gaussian, normalRng, uniformRng } from './random.js';

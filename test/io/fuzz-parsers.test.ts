@@ -9,9 +9,7 @@ import { runFuzz, TARGETS } from '../../scripts/fuzz-parsers.js';
 
 describe('parser fuzzing (CI size)', () => {
   it('mutated inputs for every parser: zero crashes, hangs and silent accepts', async () => {
-    // config.json's strict field typing comes with the per-architecture config readers (issue 11);
-    // until they land its silent defaults (a string rope_theta read as 10000) are reported, not asserted
-    const targets = TARGETS.filter((t) => t !== 'config_json');
+    const targets = TARGETS;
     const report = await runFuzz({ count: 6, seed: 1, timeoutMs: 30_000, targets });
     const bad = report.results.filter((r) => r.outcome === 'crash' || r.outcome === 'hang' || r.outcome === 'silent');
     expect(report.results).toHaveLength(6 * targets.length);

@@ -334,6 +334,18 @@ describe('the CLI prints no stack trace', () => {
 });
 
 describe('more defects the fuzzer found', () => {
+  it('a config.json with a 5,000-deep value is a named error (model and bnb checkpoint)', () => {
+    const dir = tmp();
+    cpSync(STORIES, join(dir, 'm'), { recursive: true });
+    const cfg = JSON.parse(readFileSync(join(dir, 'm', 'config.json'), 'utf8')) as Record<string, unknown>;
+    const deep = JSON.stringify({ ...cfg, hidden_size: '__D__' }).replace('"__D__"', '['.repeat(5000) + '1' + ']'.repeat(5000));
+    writeFileSync(join(dir, 'm', 'config.json'), deep);
+    peftError(() => loadModel(join(dir, 'm')), 'config.json', 'nested too deeply');
+    saveQuantizedCheckpoint(loadModelQuantized(STORIES, { quantType: 'nf4' }), join(dir, 'q'));
+    const q = JSON.parse(readFileSync(join(dir, 'q', 'config.json'), 'utf8')) as Record<string, unknown>;
+    writeFileSync(join(dir, 'q', 'config.json'), JSON.stringify({ ...q, rms_norm_eps: '__D__' }).replace('"__D__"', '['.repeat(5000) + '1' + ']'.repeat(5000)));
+    peftError(() => loadBnbCheckpoint(join(dir, 'q')), 'config.json', 'nested too deeply');
+  });
   it('an invalid or 100,000-character target_modules regex names the config file and key', () => {
     const model = loadModel(STORIES);
     for (const [pattern, why] of [['.*q_proj(', 'invalid regular expression'], ['x'.repeat(100_000), 'pattern too long']]) {

@@ -6,13 +6,16 @@
  * soft-capping, local/global layers) and Gemma 3 (q/k norms, separate local/global RoPE).
  * Per model: logits (1e-4), the left-padded batch, losses, every weight's gradient (1e-3 relative);
  * HF PEFT LoRA (all-linear), prompt tuning and IA3 adapters: logits, loss and adapter gradients;
- * cached generation (KV cache, sliding windows) equal to the full forward; a merged save reloads.
+ * cached generation (KV cache, sliding windows) equal to the full forward; GGUF LoRA export under
+ * the family's llama.cpp names; a merged save reloads.
  */
 import { describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { exportLoraGguf } from '../../src/export/gguf-lora.js';
 import { KVCache } from '../../src/generate/kv-cache.js';
+import { ggufValue, readGgufFile } from '../../src/io/gguf.js';
 import { loadModel } from '../../src/models/load.js';
 import { defaultContext, forwardCached, forwardHidden, lmLogits, lmLoss, namedParameters, type CausalLM } from '../../src/models/model.js';
 import { saveModelDir } from '../../src/models/save.js';
@@ -157,6 +160,22 @@ for (const name of NAMES) {
         }
       });
     }
+
+    it('the PEFT LoRA adapter exports to a llama.cpp GGUF adapter under the family\'s architecture and tensor names', () => {
+      const out = mkdtempSync(join(tmpdir(), `peft-gguf-${name}-`));
+      try {
+        const file = join(out, 'a.gguf');
+        exportLoraGguf(join(dir, 'peft-lora'), file, dir);
+        const g = readGgufFile(file);
+        const arch = { qwen3: 'qwen3', 'qwen2.5': 'qwen2', 'mistral-sw': 'llama', smollm3: 'smollm3', gemma2: 'gemma2', gemma3: 'gemma3' }[name];
+        expect(ggufValue(g, 'general.architecture')).toBe(arch);
+        // every linear of every layer: 7 roles × 2 (lora_a, lora_b)
+        expect(g.tensors.length).toBe(model.config.numLayers * 7 * 2);
+        expect(g.tensors.some((t) => t.name === `blk.${model.config.numLayers - 1}.ffn_down.weight.lora_b`)).toBe(true);
+      } finally {
+        rmSync(out, { recursive: true, force: true });
+      }
+    });
 
     it('LoRA merged into the weights and saved as an HF directory reloads with the adapted logits', () => {
       const m = loadModel(dir);

@@ -6,7 +6,7 @@
  * merge/unmerge; the dropout path; per-row (mixed-adapter) inference; a 4-bit base; checkpointing.
  */
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../src/models/load.js';
@@ -16,7 +16,8 @@ import { loadAdapter, LoraAdapter, parseLoraConfig, PeftModel, saveAdapter } fro
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { backward, noGrad, Tensor, weightToF32, withArena } from '../../src/tensor/index.js';
 import { readSafetensorsFile } from '../../src/io/safetensors.js';
-import { FIXTURES, maxAbsDiff, maxRelDiff, readJson, readTensors } from '../helpers.js';
+import { runTraining } from '../../src/train/run.js';
+import { FIXTURES, maxAbsDiff, maxRelDiff, readJson, readTensors, STORIES } from '../helpers.js';
 
 const TINY = join(FIXTURES, 'tiny');
 
@@ -202,5 +203,22 @@ describe('DoRA behaviour', () => {
     const ckpt = adapterGrads(peft, 'a', fx.input_ids);
     setGradientCheckpointing(peft.model, false);
     for (const [k, g] of plain) expect(maxAbsDiff(ckpt.get(k)!, g), k).toBe(0);
+  });
+
+  it('peft train --use-dora (runTraining useDora) trains magnitudes and saves an adapter that loads as DoRA', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'peft-dora-train-'));
+    try {
+      const data = join(dir, 'data.jsonl');
+      writeFileSync(data, Array.from({ length: 16 }, (_, i) => JSON.stringify({ text: `The goose laid ${i} golden eggs.` })).join('\n'));
+      const out = join(dir, 'a');
+      const r = await runTraining({ data, method: 'lora', useDora: true, maxSteps: 2, batchSize: 4, evalEvery: 0, output: out });
+      expect(r.summary).toMatch(/trainable params/);
+      expect(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).use_dora).toBe(true);
+      const p = new PeftModel(loadModel(STORIES));
+      const a = loadAdapter(p, out) as LoraAdapter;
+      expect([...a.layers.values()].every((l) => l.magnitude !== null)).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -66,3 +66,20 @@ describe('serve --registry', () => {
     expect(other.body.error.message).toMatch(/different base model/);
   });
 });
+
+describe('serve --registry under the adapter cap', () => {
+  it('a version evicted by --max-adapters is loaded again on its next request', async () => {
+    const small = await startServer({ port: 0, registry: root, registryPollMs: 50, maxAdapters: 1, defaultMetrics: false });
+    try {
+      const at = (model: string) => fetch(`${small.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, prompt: 'Once upon a time', max_tokens: 8, temperature: 0, ignore_eos: true }) });
+      const prod = await (await at('tales')).json() as Json; // prod = tales@2 since the test above
+      expect((await at('tales@1')).status).toBe(200); // evicts the idle prod version
+      expect(small.scheduler.listAdapters().map((a) => a.name)).toEqual(['tales@1']);
+      const again = await at('tales');
+      expect(again.status).toBe(200);
+      expect(((await again.json()) as Json).choices[0].text).toBe(prod.choices[0].text);
+    } finally {
+      await small.close();
+    }
+  });
+});

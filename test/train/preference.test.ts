@@ -154,6 +154,20 @@ describe('our data pipeline gives TRL\'s token ids and masks', () => {
       expect([...p.rejected.targets].slice(1)).toEqual([...rows[n + i].targets].slice(1));
     });
   });
+  it('conversational records: the completion\'s assistant turn (and end-of-turn marker) is learned, not the prompt\'s; implicit prompt = common prefix', () => {
+    const f = join(dir, 'chat.jsonl'), g = join(dir, 'chat-implicit.jsonl');
+    const prompt = [{ role: 'user', content: 'Tell me about Lily.' }, { role: 'assistant', content: 'Lily is a girl.' }, { role: 'user', content: 'What does she like?' }];
+    const chosen = [{ role: 'assistant', content: 'She likes to play in the park.' }], rejected = [{ role: 'assistant', content: 'Ball red a had.' }];
+    writeFileSync(f, JSON.stringify({ prompt, chosen, rejected }) + '\n');
+    writeFileSync(g, JSON.stringify({ chosen: [...prompt, ...chosen], rejected: [...prompt, ...rejected] }) + '\n');
+    const a = loadPreferenceData(f, tok, { maxSeqLength: 512 }).pairs[0], b = loadPreferenceData(g, tok, { maxSeqLength: 512 }).pairs[0];
+    const learned = (e: { ids: Int32Array; targets: Uint8Array }): string => tok.decode([...e.ids].filter((_, t) => e.targets[t]), false);
+    expect(learned(a.chosen)).toBe('She likes to play in the park.<|im_end|>');
+    expect(learned(a.rejected)).toBe('Ball red a had.<|im_end|>');
+    expect(tok.decode([...a.chosen.ids], false)).toContain('Lily is a girl.');
+    expect([...b.chosen.ids]).toEqual([...a.chosen.ids]);
+    expect([...b.chosen.targets]).toEqual([...a.chosen.targets]);
+  });
   it('unpaired records (KTOTrainer)', () => {
     const f = join(dir, 'kto.jsonl');
     writeFileSync(f, fx.unpaired.map((r) => JSON.stringify(r)).join('\n') + '\n');

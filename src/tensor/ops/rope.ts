@@ -22,13 +22,32 @@ export function ropeTable(positions: Int32Array, invFreq: Float32Array, attentio
   return { cos, sin, rows: positions.length };
 }
 
-/** Rotates x: [rows, H·D] (heads of size D) by the table's angles. */
-export function rope(x: Tensor, table: RopeTable, H: number, D: number): Tensor {
+/**
+ * Rotates x: [rows, H·D] (heads of size D) by the table's angles. With rotaryDim < D (partial
+ * rotary, Phi-4-mini's `partial_rotary_factor`) only the first rotaryDim features of each head are
+ * rotated (the table then has rotaryDim/2 columns) and the rest pass through, as transformers'
+ * `apply_rotary_pos_emb` does with `q[..., :rotary_dim]`.
+ */
+export function rope(x: Tensor, table: RopeTable, H: number, D: number, rotaryDim = D): Tensor {
   const R = x.rows;
   if (x.cols !== H * D || R !== table.rows) throw new Error(`rope: input [${x.shape}] does not match ${table.rows} rows × ${H}·${D}`);
+  if (rotaryDim > D || rotaryDim % 2 !== 0) throw new Error(`rope: rotary dimension ${rotaryDim} must be even and at most ${D}`);
   const y = Tensor.empty(x.shape);
-  native.ropeApply(x.data, y.data, R, H, D, H * D, table.cos, table.sin, 1, false);
+  if (rotaryDim === D) {
+    native.ropeApply(x.data, y.data, R, H, D, H * D, table.cos, table.sin, 1, false);
+    return record(y, [x], (gy) => {
+      native.ropeApply(gy, gradOf(x), R, H, D, H * D, table.cos, table.sin, -1, true);
+    });
+  }
+  // one call per head: rows of stride H·D, rotating the head's first rotaryDim features
+  y.data.set(x.data);
+  for (let h = 0; h < H; h++)
+    native.ropeApply(x.data.subarray(h * D), y.data.subarray(h * D), R, 1, rotaryDim, H * D, table.cos, table.sin, 1, false);
   return record(y, [x], (gy) => {
-    native.ropeApply(gy, gradOf(x), R, H, D, H * D, table.cos, table.sin, -1, true);
+    const g = allocF32(gy.length);
+    g.set(gy);
+    for (let h = 0; h < H; h++)
+      native.ropeApply(gy.subarray(h * D), g.subarray(h * D), R, 1, rotaryDim, H * D, table.cos, table.sin, -1, false);
+    native.axpy(1, g, gradOf(x));
   });
 }

@@ -2,7 +2,7 @@
  * From tokenized examples to model batches: truncation, packing, padding, labels, and the
  * deterministic, resumable training iterator.
  *
- * Labels follow the model's convention (see `lmLoss` in models/llama.ts): labels are aligned with
+ * Labels follow the model's convention (see `lmLoss` in models/model.ts): labels are aligned with
  * rows, and the label of row r is the token at r + 1 of the SAME example when that token is a
  * target, else −100. So the last token of every example is unlabelled (a packed row never
  * teaches the first token of the next example), and padding is unlabelled.
