@@ -2,9 +2,14 @@
 steps on a Llama of the given shape (random init, float32, CPU), printing one JSON line with
 tokens/s and peak RSS.
 
-Usage: python bench/ref_train.py --case smol|stories --batch B --seq T --steps N [--threads 2]
+--autocast bf16 runs forward and loss under torch.autocast("cpu", dtype=torch.bfloat16) (PyTorch's
+strongest stock CPU path: matmuls in bf16 with float32 accumulation, parameters and optimizer float32).
+Besides wall-clock tokens/s it prints tokens per CPU-second / threads (steadier on a shared machine).
+
+Usage: python bench/ref_train.py --case smol|stories --batch B --seq T --steps N [--threads 2] [--autocast bf16]
 """
 import argparse
+import contextlib
 import json
 import resource
 import time
@@ -29,6 +34,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -42,18 +48,23 @@ def main() -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, cfg.vocab_size, (a.batch, a.seq), generator=g)
-    times = []
+    times, cpu = [], []
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.autocast == "bf16" else contextlib.nullcontext
     for i in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
-        out = model(input_ids=ids, labels=ids)
+        t0, c0 = time.perf_counter(), time.process_time()
+        with ctx():
+            out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     measured = times[a.warmup:]
+    cpu_s = sum(cpu[a.warmup:]) / a.threads
     tokens = a.batch * a.seq
     print(json.dumps({
-        "impl": "pytorch+peft", "case": a.case, "tokens_per_second": tokens * len(measured) / sum(measured),
+        "impl": "pytorch+peft", "case": a.case, "autocast": a.autocast, "tokens_per_second": tokens * len(measured) / sum(measured),
+        "cpu_tokens_per_second": tokens * len(measured) / cpu_s,
         "step_seconds": sum(measured) / len(measured), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "torch": torch.__version__, "threads": a.threads,
     }))

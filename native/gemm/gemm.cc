@@ -346,6 +346,17 @@ void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const floa
   if (M <= 0 || N <= 0) return;
   const GemmKernels& ks = kernels();
 #if defined(__x86_64__) || defined(__i386__)
+  if (&ks == &kAvx512 && !trans_a && B.trans && M <= 8 && K > 0 &&
+      (B.kind == WeightKind::F32 || B.kind == WeightKind::BF16)) {
+    // decode-sized M: stream each weight row once instead of packing the weights
+    const bool bf16 = B.kind == WeightKind::BF16;
+    auto body = [&](long j0, long j1) {
+      small_m_nt_avx512(static_cast<int>(M), j0, j1, K, alpha, A, lda, B.data, bf16, B.ld, beta, C, ldc);
+    };
+    if (parallel && static_cast<double>(N) * K >= 1 << 16) parallel_for(N, 16, body);
+    else body(0, N);
+    return;
+  }
   if (&ks == &kAvx512) {
     gemm_impl<GEMM512_MR, GEMM512_NR>(ks, trans_a, M, N, K, alpha, A, lda, B, beta, C, ldc, parallel);
     return;

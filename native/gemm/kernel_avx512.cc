@@ -216,5 +216,56 @@ PEFT_AVX512 void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count,
   }
 }
 
+namespace {
+// M rows of A against W rows [j0, j1) (one W row read once for all M rows: decode is bound by
+// reading the weights, and packing them first would read and write them again).
+template <int M>
+PEFT_AVX512 void small_m_rows(int64_t j0, int64_t j1, int64_t K, float alpha, const float* a, int64_t lda,
+                              const void* w, bool bf16, int64_t ldw, float beta, float* c, int64_t ldc) {
+  const int64_t kfull = K / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (K - kfull)) - 1);
+  for (int64_t j = j0; j < j1; ++j) {
+    __m512 acc[M];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
+    const float* wf = static_cast<const float*>(w) + j * ldw;
+    const uint16_t* wh = static_cast<const uint16_t*>(w) + j * ldw;
+    for (int64_t k = 0; k < kfull; k += 16) {
+      __m512 wv = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                             _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + k))), 16))
+                       : _mm512_loadu_ps(wf + k);
+#pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i * lda + k), wv, acc[i]);
+    }
+    if (tail) {
+      __m512 wv = bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tail, wh + kfull)), 16))
+                       : _mm512_maskz_loadu_ps(tail, wf + kfull);
+#pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a + i * lda + kfull), wv, acc[i]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      float s = alpha * _mm512_reduce_add_ps(acc[i]);
+      float* ci = c + i * ldc + j;
+      *ci = beta == 0.f ? s : s + beta * *ci;
+    }
+  }
+}
+}  // namespace
+
+PEFT_AVX512 void small_m_nt_avx512(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* a, int64_t lda,
+                                   const void* w, bool bf16, int64_t ldw, float beta, float* c, int64_t ldc) {
+  switch (m) {
+    case 1: small_m_rows<1>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+    case 2: small_m_rows<2>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+    case 3: small_m_rows<3>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+    case 4: small_m_rows<4>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+    case 5: small_m_rows<5>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+    case 6: small_m_rows<6>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+    case 7: small_m_rows<7>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+    default: small_m_rows<8>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+  }
+}
+
 }  // namespace peft
 #endif

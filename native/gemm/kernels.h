@@ -56,6 +56,11 @@ void pack_rows_transposed_avx512(const float* s, int64_t ld, int64_t kc, float* 
 void widen_bf16_avx512(const uint16_t* s, int64_t n, float* d);
 void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count, float* out);
 
+// C[i, j] = alpha * dot(A row i, W row j) + beta * C[i, j] for i < m <= 8 and j in [j0, j1); W is
+// f32 or (bf16) bfloat16 [N, K] with row stride ldw: the decode-time product x·Wᵀ without packing.
+void small_m_nt_avx512(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* a, int64_t lda,
+                       const void* w, bool bf16, int64_t ldw, float beta, float* c, int64_t ldc);
+
 // AVX512_BF16 dot-product set (kernel_avx512_bf16.cc): panels of k-pairs, one uint32 = (x[2p], x[2p+1]).
 // micro-kernel: c[0..m, 0..n] = alpha * sum_p dot2(a[p*MR + i], b[p*NR + j]) + beta * c over kp pairs.
 void micro_kernel_bf16dot_avx512(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc,
