@@ -250,27 +250,7 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   });
   const loader = createLoader(dataset.train, { batchSize: o.batchSize ?? 8, maxSeqLength, pack: o.pack ?? true, seed: o.seed ?? 0 });
   const valExamples = o.maxEvalExamples && o.maxEvalExamples > 0 ? dataset.val.slice(0, o.maxEvalExamples) : dataset.val;
-  const out = o.output ?? null;
-  if (out) {
-    if (existsSync(out) && !statSync(out).isDirectory())
-      throw new PeftError('output path exists and is not a directory', { file: out, field: '--output', expected: 'a directory (or nothing)', found: 'a file' });
-    if (resolve(out) === resolve(o.model ?? DEFAULT_MODEL))
-      throw new PeftError('output directory is the base model; saving there would overwrite it', { file: out, field: '--output', expected: 'a directory other than --model' });
-    mkdirSync(out, { recursive: true });
-  }
-  const metricsFile = out ? join(out, 'metrics.jsonl') : null;
-  if (metricsFile && !o.resume) writeFileSync(metricsFile, '');
-  if (metricsFile && o.resume && existsSync(metricsFile)) {
-    // drop what the interrupted run logged after its checkpoint: those steps are redone; a line torn
-    // by the kill (or otherwise unreadable) is dropped too, and said
-    const from = readTrainerState(join(resolveCheckpoint(o.resume), 'trainer_state.json')).step;
-    const { records, dropped } = readMetricsLog(metricsFile);
-    if (dropped > 0) events.onNote?.(`${metricsFile}: dropped ${dropped} unreadable line(s) (a torn write from the interrupted run)`);
-    writeFileAtomic(metricsFile, records.filter((r) => (r.step as number) <= from).map((r) => JSON.stringify(r) + '\n').join(''));
-  }
-  const log = (rec: Record<string, unknown>): void => {
-    if (metricsFile) appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
-  };
+  const { out, metricsFile, log } = openRunOutput(o, events.onNote);
   const convention: LossConvention = o.lossConvention ?? 'peft';
   const opts: Partial<TrainOptions> = { ...TRAIN_DEFAULTS, lr: DEFAULT_LR[o.method ?? 'lora'], ...stripUndefined(o), outputDir: out ?? undefined };
   const forgetting = o.forgettingData ? loadDataset(o.forgettingData, tokenizer, { maxSeqLength, textSplit: 'paragraphs' }).train : null;
@@ -351,6 +331,41 @@ function writeRunProvenance(out: string, o: TrainRunOptions, peft: PeftModel, re
     data: [{ role: 'train', path: o.data }, { role: 'validation', path: o.valData }, { role: 'forgetting', path: o.forgettingData }],
     chatTemplate: o.chatTemplate, metrics,
   }));
+}
+
+/**
+ * Prepares a run's `--output` directory and opens its `metrics.jsonl` (one JSON record per line).
+ * A new run starts the log empty; a `--resume` run cuts it back to the checkpoint's step (those
+ * steps are redone) and drops a line torn by the kill, saying so through `onNote`.
+ * Throws PeftError when `--output` is a file or the base model directory itself.
+ * Shared by SFT (`runTraining`) and preference runs (`runPreferenceTraining`).
+ */
+export function openRunOutput(
+  o: { output?: string; model?: string; resume?: string },
+  onNote?: (message: string) => void,
+): { out: string | null; metricsFile: string | null; log: (rec: Record<string, unknown>) => void } {
+  const out = o.output ?? null;
+  if (out) {
+    if (existsSync(out) && !statSync(out).isDirectory())
+      throw new PeftError('output path exists and is not a directory', { file: out, field: '--output', expected: 'a directory (or nothing)', found: 'a file' });
+    if (resolve(out) === resolve(o.model ?? DEFAULT_MODEL))
+      throw new PeftError('output directory is the base model; saving there would overwrite it', { file: out, field: '--output', expected: 'a directory other than --model' });
+    mkdirSync(out, { recursive: true });
+  }
+  const metricsFile = out ? join(out, 'metrics.jsonl') : null;
+  if (metricsFile && !o.resume) writeFileSync(metricsFile, '');
+  if (metricsFile && o.resume && existsSync(metricsFile)) {
+    // drop what the interrupted run logged after its checkpoint: those steps are redone; a line torn
+    // by the kill (or otherwise unreadable) is dropped too, and said
+    const from = readTrainerState(join(resolveCheckpoint(o.resume), 'trainer_state.json')).step;
+    const { records, dropped } = readMetricsLog(metricsFile);
+    if (dropped > 0) onNote?.(`${metricsFile}: dropped ${dropped} unreadable line(s) (a torn write from the interrupted run)`);
+    writeFileAtomic(metricsFile, records.filter((r) => (r.step as number) <= from).map((r) => JSON.stringify(r) + '\n').join(''));
+  }
+  const log = (rec: Record<string, unknown>): void => {
+    if (metricsFile) appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
+  };
+  return { out, metricsFile, log };
 }
 
 /**

@@ -6,8 +6,7 @@
  * rewards/margins, rewards/accuracies, logps), `train_args.json`, and with `resultJson` a summary
  * that states the reference used and the held-out metrics before → after.
  */
-import { appendFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
+import { basename, join } from 'node:path';
 import { PeftError } from '../../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../../io/atomic.js';
 import { defaultContext } from '../../models/model.js';
@@ -15,11 +14,10 @@ import { DEFAULT_MODEL } from '../../paths.js';
 import { loadAdapter } from '../../peft/index.js';
 import { metricPanelsSvg } from '../../report/charts.js';
 import { noGrad, withArena } from '../../tensor/index.js';
-import { readTrainerState, resolveCheckpoint } from '../checkpoint.js';
 import { buildProvenance, writeProvenance } from '../../lifecycle/provenance.js';
 import { loadDataset, splitIndices } from '../data/index.js';
 import { evaluate } from '../evaluate.js';
-import { DEFAULT_LR, readMetricsLog, runSummary, saveResult, setupMethod, type RunEvents, type TrainRunOptions, type TrainRunResult } from '../run.js';
+import { DEFAULT_LR, openRunOutput, readMetricsLog, runSummary, saveResult, setupMethod, type RunEvents, type TrainRunOptions, type TrainRunResult } from '../run.js';
 import { train, TRAIN_DEFAULTS, type TrainOptions } from '../trainer.js';
 import { collateSequences, indexLoader, loadPreferenceData, type PairExample, type PreferenceData, type UnpairedExample } from './data.js';
 import { defaultPreferenceConfig, needsReference, OBJECTIVES, type Objective, type PreferenceConfig } from './losses.js';
@@ -200,26 +198,7 @@ export async function runPreferenceTraining(o: TrainRunOptions, events: RunEvent
   const trainSetup: PreferenceSetup = precomputed ? { ...base, reference: 'precomputed', refCache: precompute(base, wantKind, trainItems, batchSize) } : base;
   const valSetup: PreferenceSetup = precomputed && valItems.length ? { ...base, reference: 'precomputed', refCache: precompute(base, wantKind, valItems, batchSize) } : base;
 
-  const out = o.output ?? null;
-  if (out) {
-    if (existsSync(out) && !statSync(out).isDirectory())
-      throw new PeftError('output path exists and is not a directory', { file: out, field: '--output', expected: 'a directory (or nothing)', found: 'a file' });
-    if (resolve(out) === resolve(o.model ?? DEFAULT_MODEL))
-      throw new PeftError('output directory is the base model; saving there would overwrite it', { file: out, field: '--output', expected: 'a directory other than --model' });
-    mkdirSync(out, { recursive: true });
-  }
-  const metricsFile = out ? join(out, 'metrics.jsonl') : null;
-  if (metricsFile && !o.resume) writeFileSync(metricsFile, '');
-  if (metricsFile && o.resume && existsSync(metricsFile)) {
-    // drop what the interrupted run logged after its checkpoint (as train/run.ts)
-    const from = readTrainerState(join(resolveCheckpoint(o.resume), 'trainer_state.json')).step;
-    const { records, dropped } = readMetricsLog(metricsFile);
-    if (dropped > 0) events.onNote?.(`${metricsFile}: dropped ${dropped} unreadable line(s) (a torn write from the interrupted run)`);
-    writeFileAtomic(metricsFile, records.filter((r) => (r.step as number) <= from).map((r) => JSON.stringify(r) + '\n').join(''));
-  }
-  const log = (rec: Record<string, unknown>): void => {
-    if (metricsFile) appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
-  };
+  const { out, metricsFile, log } = openRunOutput(o, events.onNote);
 
   // forgetting: the base-domain text before (base model) and after
   const forgetting = o.forgettingData ? loadDataset(o.forgettingData, tokenizer, { maxSeqLength, textSplit: 'paragraphs' }).train : null;
