@@ -27,5 +27,7 @@ export function resolveModel(v: string | undefined): string {
   if ((BUNDLED_MODELS as readonly string[]).includes(v) && !existsSync(v)) return join(PACKAGE_ROOT, 'models', v);
   return v;
 }
+/** The bundled preference set (train/val pairs and KTO's unpaired files) made from the Grimm tales. */
+export const DEFAULT_PREFERENCE_DATA = join(PACKAGE_ROOT, 'data', 'grimms_preference');
 export const DEFAULT_NEW_DOMAIN = join(PACKAGE_ROOT, 'data', 'grimms_fairy_tales', 'grimms_fairy_tales_body.txt');
 export const DEFAULT_OLD_DOMAIN = join(PACKAGE_ROOT, 'data', 'tinystories_val_sample', 'tinystories_val_head.txt');

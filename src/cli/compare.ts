@@ -4,12 +4,19 @@ import { runCompare, COMPARE_DEFAULTS } from '../report/compare.js';
 import { runMainJob } from '../report/main-job.js';
 import { METHODS, type MethodName } from '../train/run.js';
 import { PeftError } from '../errors.js';
+import { OBJECTIVES, type Objective } from '../train/preference/losses.js';
 import { int, list, withConfigFile } from './options.js';
 
 function methodsOf(v: string[] | undefined): MethodName[] | undefined {
   if (!v) return undefined;
   for (const m of v) if (!METHODS.includes(m as MethodName)) throw new PeftError('unknown method', { field: '--methods', expected: METHODS.join(', '), found: m });
   return v as MethodName[];
+}
+
+function objectivesOf(v: string[] | undefined): Objective[] | undefined {
+  if (!v) return undefined;
+  for (const m of v) if (!OBJECTIVES.includes(m as Objective)) throw new PeftError('unknown objective', { field: '--objectives', expected: OBJECTIVES.join(', '), found: m });
+  return v as Objective[];
 }
 
 export function compareCommand(): Command {
@@ -19,15 +26,18 @@ export function compareCommand(): Command {
     .option('--data <file>', 'new-domain training data (default: the bundled Grimm\'s fairy tales)')
     .option('--forgetting-data <file>', 'old-domain text for forgetting (default: the bundled TinyStories sample)')
     .option('--methods <list>', `comma-separated subset of ${METHODS.join(', ')}`, list)
+    .option('--objectives <list>', `preference objectives to compare with LoRA (comma-separated subset of ${OBJECTIVES.join(', ')}); alone, only these run`, list)
+    .option('--preference-data <dir>', 'directory with train.jsonl/val.jsonl pairs and train_kto.jsonl/val_kto.jsonl (default: the bundled data/grimms_preference)')
     .option('--max-steps <n>', 'optimizer steps per method', int('--max-steps', 1), COMPARE_DEFAULTS.maxSteps)
     .option('--batch-size <n>', 'rows per step', int('--batch-size', 1), COMPARE_DEFAULTS.batchSize)
     .option('--max-seq-length <n>', 'tokens per row', int('--max-seq-length', 2), COMPARE_DEFAULTS.maxSeqLength)
     .option('--output <dir>', 'output directory', 'out/compare')
     .option('--config <file>', 'JSON/YAML file with any of these options (flags override)');
   cmd.action(async (raw: Record<string, unknown>) => {
-    const o = withConfigFile(cmd, raw) as { model?: string; data?: string; forgettingData?: string; methods?: string[]; maxSteps: number; batchSize: number; maxSeqLength: number; output: string };
+    const o = withConfigFile(cmd, raw) as { model?: string; data?: string; forgettingData?: string; methods?: string[]; objectives?: string[]; preferenceData?: string; maxSteps: number; batchSize: number; maxSeqLength: number; output: string };
     const { dir } = await runCompare({
-      model: o.model, data: o.data, forgettingData: o.forgettingData, methods: methodsOf(o.methods), maxSteps: o.maxSteps,
+      model: o.model, data: o.data, forgettingData: o.forgettingData, methods: methodsOf(o.methods), objectives: objectivesOf(o.objectives),
+      preferenceData: o.preferenceData, maxSteps: o.maxSteps,
       batchSize: o.batchSize, maxSeqLength: o.maxSeqLength, output: o.output,
       onProgress: (m, line) => { if (/^(done|forgetting|trainable)/.test(line)) process.stderr.write(`[${m}] ${line}\n`); },
     });
