@@ -133,7 +133,7 @@ const num = (x: number | undefined, d: number): string => (x === undefined || Nu
 /** The preference rows as a Markdown table: held-out TRL metrics before → after and forgetting. */
 export function preferenceMarkdown(rows: PreferenceRow[], s: { maxSteps: number; batchSize: number }): string {
   const lines = [
-    `Preference objectives, LoRA: ${s.maxSteps} optimizer steps × ${s.batchSize} pairs (KTO: examples) on held-out pairs; rewards are TRL's (β·log-ratio to the reference; ORPO/SimPO: β·mean log-prob).`,
+    `Preference objectives with LoRA: ${s.maxSteps} optimizer steps × ${s.batchSize} pairs (KTO: ${s.batchSize} unpaired examples); metrics on the held-out pairs, TRL's rewards (β·log-ratio to the reference; ORPO/SimPO: β·mean log-prob).`,
     '',
     '| objective | lr | reference | held-out loss (before → after) | rewards/accuracies | rewards/margins | old-domain ppl (before → after) |',
     '|---|---:|---|---:|---:|---:|---:|',
