@@ -34,6 +34,7 @@ import { loadModel } from '../src/models/load.js';
 import { DEFAULT_MODEL } from '../src/paths.js';
 import { LoraAdapter, parseLoraConfig, saveAdapter } from '../src/peft/index.js';
 import { startServer, type RunningServer } from '../src/serve/server.js';
+import { uniformRng } from '../src/tensor/random.js';
 
 export type Outcome = 'clean 4xx' | 'accepted' | '5xx' | 'hang' | 'dropped' | 'leak' | 'silent accept' | 'bad 4xx';
 const DEFECTS: Outcome[] = ['5xx', 'hang', 'dropped', 'leak', 'silent accept', 'bad 4xx'];
@@ -81,17 +82,6 @@ export interface AttackOptions {
 const KEY = 'attack-key-7f3a9c';
 const SECRET = 'SECRET-MARKER-do-not-echo';
 
-/** mulberry32: a small seeded RNG (reproducible runs). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The fixture tree: good adapters and hostile ones inside the adapter directory, one outside. */
 function makeFixtures(root: string): { adapterDir: string; outside: string } {
@@ -345,7 +335,7 @@ export async function runAttack(opts: AttackOptions = {}): Promise<AttackResult>
   const rounds = opts.rounds ?? 1;
   const budgetMs = opts.budgetMs ?? 60_000;
   const timeoutMs = opts.timeoutMs ?? 10_000;
-  const r = rng(opts.seed ?? 1);
+  const r = uniformRng(opts.seed ?? 1);
   const t0 = performance.now();
   const root = mkdtempSync(join(tmpdir(), 'peft-attack-'));
   let server: RunningServer | null = null;

@@ -41,6 +41,7 @@ import { trainCommand } from '../src/cli/train.js';
 import { withConfigFile } from '../src/cli/options.js';
 import { readTrainArgs } from '../src/cli/model.js';
 import { checkpointProblem, readTrainerState } from '../src/train/checkpoint.js';
+import { uniformRng } from '../src/tensor/random.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const STORIES = join(ROOT, 'models', 'stories260K');
@@ -61,17 +62,6 @@ export interface CaseResult { target: Target; index: number; outcome: Outcome; d
 // Deterministic randomness and mutations
 // ---------------------------------------------------------------------------------------------
 
-/** mulberry32: a small seeded PRNG, so case (target, index, seed) is reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function hashSeed(target: string, index: number, seed: number): number {
   let h = 2166136261 ^ seed;
@@ -283,7 +273,7 @@ function checkSafetensorsResult(path: string, fileSize: number): void {
 
 /** Runs one case; throws PeftError / other errors / Silent as the parser does. */
 function runCase(base: Base, target: Target, index: number, seed: number, scratch: string): { file: string; how: string } {
-  const r = rng(hashSeed(target, index, seed));
+  const r = uniformRng(hashSeed(target, index, seed));
   const mutateFileJson = (path: string, focus?: string[]): { text: string; how: string } => mutateJson(r, readFileSync(path, 'utf8'), focus);
   switch (target) {
     case 'safetensors': {
