@@ -78,45 +78,40 @@ export const COMPARE_DEFAULTS = {
   maxEvalExamples: 48, maxForgettingExamples: 300,
 };
 
-/** Trains each method in a child process (`peft train --result-json`) and collects the summaries. */
+/** Trains each method and each preference objective in a child process (`peft train --result-json`) and collects the summaries. */
 export async function runCompare(o: CompareOptions = {}): Promise<{ rows: CompareRow[]; preferenceRows: PreferenceRow[]; dir: string }> {
   const dir = o.output ?? join('out', 'compare');
   mkdirSync(dir, { recursive: true });
   const c = { ...COMPARE_DEFAULTS, ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) } as typeof COMPARE_DEFAULTS & CompareOptions;
-  const rows: CompareRow[] = [];
-  for (const method of o.methods ?? (o.objectives?.length ? [] : METHODS)) {
-    const out = join(dir, method);
-    const result = join(dir, `${method}.result.json`);
-    const lr = o.lr?.[method] ?? DEFAULT_LR[method];
-    const args = [
-      'train', '--method', method, '--data', o.data ?? DEFAULT_NEW_DOMAIN, '--text-split', c.textSplit,
+  // one `peft train` child per row: its own run arguments plus the budget every row shares
+  const train = async (name: string, runArgs: string[], lr: number): Promise<{ out: string; summary: unknown }> => {
+    const out = join(dir, name);
+    const result = join(dir, `${name}.result.json`);
+    await runPeft([
+      'train', ...runArgs,
       '--forgetting-data', o.forgettingData ?? DEFAULT_OLD_DOMAIN, '--max-forgetting-examples', String(c.maxForgettingExamples),
       '--max-steps', String(c.maxSteps), '--batch-size', String(c.batchSize), '--max-seq-length', String(c.maxSeqLength),
       '--lr', String(lr), '--seed', String(c.seed), '--eval-every', '0', '--max-eval-examples', String(c.maxEvalExamples),
       '--output', out, '--result-json', result,
       ...(o.model ? ['--model', o.model] : []),
-    ];
-    await runPeft(args, (line) => o.onProgress?.(method, line));
-    rows.push(JSON.parse(readFileSync(result, 'utf8')) as CompareRow);
+    ], (line) => o.onProgress?.(name, line));
+    return { out, summary: JSON.parse(readFileSync(result, 'utf8')) };
+  };
+  const rows: CompareRow[] = [];
+  for (const method of o.methods ?? (o.objectives?.length ? [] : METHODS)) {
+    const runArgs = ['--method', method, '--data', o.data ?? DEFAULT_NEW_DOMAIN, '--text-split', c.textSplit];
+    rows.push((await train(method, runArgs, o.lr?.[method] ?? DEFAULT_LR[method])).summary as CompareRow);
   }
   const preferenceRows: PreferenceRow[] = [];
   const prefDir = o.preferenceData ?? DEFAULT_PREFERENCE_DATA;
   for (const objective of o.objectives ?? []) {
-    const out = join(dir, `lora-${objective}`);
-    const result = join(dir, `lora-${objective}.result.json`);
-    const lr = o.lr?.lora ?? DEFAULT_LR.lora;
     const kto = objective === 'kto';
-    const args = [
-      'train', '--method', 'lora', '--objective', objective,
+    const runArgs = [
+      '--method', 'lora', '--objective', objective,
       '--data', join(prefDir, kto ? 'train_kto.jsonl' : 'train.jsonl'), '--val-data', join(prefDir, kto ? 'val_kto.jsonl' : 'val.jsonl'),
-      '--forgetting-data', o.forgettingData ?? DEFAULT_OLD_DOMAIN, '--max-forgetting-examples', String(c.maxForgettingExamples),
-      '--max-steps', String(c.maxSteps), '--batch-size', String(c.batchSize), '--max-seq-length', String(c.maxSeqLength),
-      '--lr', String(lr), '--seed', String(c.seed), '--eval-every', '0', '--max-eval-examples', String(c.maxEvalExamples),
-      '--output', out, '--result-json', result,
-      ...(o.model ? ['--model', o.model] : []),
     ];
-    await runPeft(args, (line) => o.onProgress?.(objective, line));
-    const r = JSON.parse(readFileSync(result, 'utf8')) as { lr: number; train_seconds: number; old_domain: CompareRow['old_domain']; preference: { reference: string; before: Record<string, number>; after: Record<string, number> } };
+    const { out, summary } = await train(`lora-${objective}`, runArgs, o.lr?.lora ?? DEFAULT_LR.lora);
+    const r = summary as { lr: number; train_seconds: number; old_domain: CompareRow['old_domain']; preference: { reference: string; before: Record<string, number>; after: Record<string, number> } };
     preferenceRows.push({
       objective, lr: r.lr, reference: r.preference.reference, train_seconds: r.train_seconds,
       before: r.preference.before, after: r.preference.after, old_domain: r.old_domain, output: out,
