@@ -13,13 +13,14 @@ import { PeftError } from '../errors.js';
 import type { CausalLM, ForwardContext, LinearModule } from '../models/model.js';
 import { linearModules } from '../models/model.js';
 import { native } from '../native/index.js';
-import { f32Weight, mulFeatures, Tensor, weightToF32, type Weight } from '../tensor/index.js';
+import { f32Weight, mulFeatures, Tensor, weightToF32 } from '../tensor/index.js';
 import { ConfigReader } from './config.js';
 import { loadStateDict, registerAdapterLoader } from './registry.js';
 import { normalRng } from '../tensor/random.js';
 import { configRegex, isTargeted, moduleSuffixes } from './inject.js';
 import { peftKey } from './lora.js';
 import type { AdapterMethod, NamedTensor, RowRange } from './types.js';
+import { installMerged, restoreMerged, type SavedWeights } from './merged-weights.js';
 
 /** IA3 settings with PEFT's IA3Config keys; defaults are PEFT's. */
 export interface Ia3Config {
@@ -76,7 +77,7 @@ export interface Ia3Layer {
   vector: Tensor;
   merged: boolean;
   /** While merged: the pre-merge weight and bias (restored exactly by unmerge) and the merged weight. */
-  saved?: { weight: Weight; bias: Tensor | null; merged: Weight } | null;
+  saved?: SavedWeights | null;
 }
 
 
@@ -200,16 +201,7 @@ export class Ia3Adapter implements AdapterMethod {
    * @throws PeftError when a module's weight was replaced after this adapter merged into it.
    */
   unmerge(): void {
-    for (const l of this.layers.values())
-      if (l.merged && l.module.weight !== l.saved!.merged)
-        throw new PeftError('the weight changed after this adapter was merged into it (unmerge adapters in the reverse order of merging)', { field: l.module.name });
-    for (const l of this.layers.values()) {
-      if (!l.merged) continue;
-      l.module.weight = l.saved!.weight;
-      l.module.bias = l.saved!.bias;
-      l.saved = null;
-      l.merged = false;
-    }
+    restoreMerged(this.layers.values());
   }
 }
 
@@ -243,10 +235,7 @@ function mergeScaling(l: Ia3Layer): void {
     }
   }
   const merged = f32Weight(Tensor.param(w, [O, I], false));
-  l.saved = { weight: m.weight, bias: m.bias, merged };
-  m.weight = merged;
-  m.bias = bias;
-  l.merged = true;
+  installMerged(l, merged, bias);
 }
 
 /** Creates an IA3 adapter from options with PEFT's IA3Config keys (vectors start at ones by default). */

@@ -11,7 +11,7 @@ import type { Batch, CausalLM, ForwardContext, LinearModule } from '../models/mo
 import { linearModules, tokenEmbeddings } from '../models/model.js';
 import { native } from '../native/index.js';
 import {
-  allocF32, dropout, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32, type Weight,
+  allocF32, dropout, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32,
 } from '../tensor/index.js';
 import type { ModelConfig } from '../models/config.js';
 import { parseLoraConfig, type LoraConfig } from './config.js';
@@ -22,6 +22,7 @@ import { loadStateDict, registerAdapterLoader, type TensorMap } from './registry
 import { reconcileEmbeddingSaves } from './embedding-saves.js';
 import { checkLoraSizes } from './preflight.js';
 import { doraVariant } from './dora.js';
+import { installMerged, restoreMerged, type SavedWeights } from './merged-weights.js';
 
 /** The LoRA branch on one linear module. */
 export interface LoraLayer {
@@ -46,7 +47,7 @@ export interface LoraLayer {
    * While merged: the module's pre-merge weight and bias (the same objects, bf16 bits and a tied
    * embedding included) and the merged ones that replaced them; unmerge puts the former back.
    */
-  saved?: { weight: Weight; bias: Tensor | null; merged: Weight } | null;
+  saved?: SavedWeights | null;
 }
 
 /**
@@ -329,19 +330,7 @@ export class LoraAdapter implements AdapterMethod {
    * @throws PeftError when a module's weight was replaced after this adapter merged into it.
    */
   unmerge(): void {
-    for (const l of this.layers.values()) {
-      if (!l.merged) continue;
-      const s = l.saved!;
-      if (l.module.weight !== s.merged)
-        throw new PeftError('the weight changed after this adapter was merged into it (unmerge adapters in the reverse order of merging)', { field: l.module.name });
-    }
-    for (const l of this.layers.values()) {
-      if (!l.merged) continue;
-      l.module.weight = l.saved!.weight;
-      l.module.bias = l.saved!.bias;
-      l.saved = null;
-      l.merged = false;
-    }
+    restoreMerged(this.layers.values());
     if (this.tiedConfig) {
       this.model.config = this.tiedConfig;
       this.tiedConfig = null;
@@ -385,10 +374,7 @@ function mergeLayer(l: LoraLayer): void {
   if (l.biasB) bias = Tensor.param(m.bias ? m.bias.data.slice() : new Float32Array(m.outFeatures), [m.outFeatures], false);
   l.variant.mergeInto(l, w.data, l.biasB ? bias!.data : null);
   const merged = f32Weight(w);
-  l.saved = { weight: m.weight, bias: m.bias, merged };
-  m.weight = merged;
-  m.bias = bias;
-  l.merged = true;
+  installMerged(l, merged, bias);
 }
 
 /** In place: y[r, :] += s · b (differentiable w.r.t. b and y). */
