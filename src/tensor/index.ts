@@ -4,6 +4,7 @@ export { checkpoint, type ReplayState } from './checkpoint.js';
 export { allocF32, poolIdleBytes, releaseF32, trimPool, withArena } from './pool.js';
 export { f32Weight, gemmWeight, weightBytes, weightTensor, weightToF32, type Weight, type WeightData } from './weight.js';
 export { linear, linearAccumulate } from './ops/linear.js';
+export { lowRankDown, lowRankUp } from './ops/low-rank.js';
 export { layernorm, rmsnorm } from './ops/norm.js';
 export { rope, ropeTable, type RopeTable } from './ops/rope.js';
 export { attention, type AttentionOptions } from './ops/attention.js';
