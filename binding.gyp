@@ -14,6 +14,7 @@
         "native/ops/norm.cc",
         "native/ops/rope.cc",
         "native/ops/attention.cc",
+        "native/ops/attention_avx512.cc",
         "native/ops/activations.cc",
         "native/ops/elementwise.cc",
         "native/ops/loss_optim_embed.cc",

@@ -4,7 +4,7 @@
  * 4-bit (NF4, plain and double-quantized absmax) weights in every transpose combination, alpha/beta
  * and ragged edges, against a float64 reference; the row kernels of that level (SwiGLU, RMSNorm,
  * RoPE, cross-entropy's softmax, AdamW) and attention forward/backward (GQA, causal, head_dim 64
- * and an odd one, padding and packed segments) against float64 references; and the stories260K
+ * and an odd one, padding, packed segments, a sliding window) against float64 references; and the stories260K
  * logits against transformers'.
  * On a machine without AVX-512 the avx512 case is skipped (and the level caps to what the CPU has).
  */
@@ -168,6 +168,7 @@ function attnRef(sh, q, k, v, dout) {
       const qo = (b * Tq + i) * Hq * D + h * D, vis = [], s = [];
       for (let j = 0; j < Tk; j++) {
         if (sh.causal && j > off + i) continue;
+        if (sh.window && j <= off + i - sh.window) continue;
         if (sh.keyMask && !sh.keyMask[b * Tk + j]) continue;
         if (sh.qSeg && sh.kSeg[b * Tk + j] >= 0 && sh.kSeg[b * Tk + j] !== sh.qSeg[b * Tq + i]) continue;
         let d0 = 0;
@@ -197,6 +198,7 @@ for (const c of [
   { B: 1, Tq: 70, Tk: 90, Hq: 4, Hkv: 4, D: 64, causal: true, keyMask: Uint8Array.from({ length: 90 }, (_, j) => (j % 11 === 3 ? 0 : 1)) },
   { B: 1, Tq: 67, Tk: 67, Hq: 2, Hkv: 1, D: 64, causal: false, qSeg: Int32Array.from({ length: 67 }, (_, j) => (j < 30 ? 0 : 1)), kSeg: Int32Array.from({ length: 67 }, (_, j) => (j < 2 ? -1 : j < 30 ? 0 : 1)) },
   { B: 1, Tq: 33, Tk: 33, Hq: 3, Hkv: 1, D: 24, causal: true },
+  { B: 1, Tq: 130, Tk: 130, Hq: 2, Hkv: 1, D: 64, causal: true, window: 20 },
 ]) {
   const sh = { ...c, qStride: c.Hq * c.D, kStride: c.Hkv * c.D, vStride: c.Hkv * c.D, oStride: c.Hq * c.D, scale: 1 / Math.sqrt(c.D) };
   const q = rnd(c.B * c.Tq * c.Hq * c.D, 2), k = rnd(c.B * c.Tk * c.Hkv * c.D, 2), v = rnd(c.B * c.Tk * c.Hkv * c.D), dout = rnd(q.length);
