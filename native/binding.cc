@@ -10,6 +10,7 @@
 #include "cpu_features.h"
 #include "gemm/gemm.h"
 #include "ops/ops.h"
+#include "ops/rowops_api.h"
 #include "threadpool.h"
 
 namespace {
@@ -117,6 +118,7 @@ Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   o.Set("level", peft::kernel_level_name(peft::kernel_level()));
   o.Set("gemm", peft::gemm_kernel_name());
   o.Set("bf16Dot", peft::bf16_dot_available());
+  o.Set("rowops", peft::row_ops().name);
   o.Set("envInvalid", peft::kernel_env_invalid());
   o.Set("cpu", cpu);
   return o;

@@ -73,6 +73,8 @@ export interface KernelInfo {
   gemm: string;
   /** VDPBF16PS usable (AVX512_BF16 and the avx512 level). */
   bf16Dot: boolean;
+  /** Row-kernel table in use (softmax, SwiGLU, RMSNorm, RoPE, AdamW; native/ops/rowops.h): "avx512", "avx2" or "generic". */
+  rowops: string;
   /** PEFT_KERNELS holds something other than avx512, avx2, generic. */
   envInvalid: boolean;
   cpu: Record<'avx2' | 'fma' | 'f16c' | 'avx512f' | 'avx512bw' | 'avx512vl' | 'avx512dq' | 'avx512_vnni' | 'avx512_bf16', boolean>;
