@@ -37,7 +37,7 @@
 // Blocking (overridable at compile time for tuning: -DPEFT_AMX_KC=… etc.); tuned on a
 // Sapphire-Rapids-class Xeon (48 KiB L1d, 2 MiB L2) with bench/gemm.ts.
 #ifndef PEFT_AMX_KC
-#define PEFT_AMX_KC 512
+#define PEFT_AMX_KC 1024
 #endif
 #ifndef PEFT_AMX_MC
 #define PEFT_AMX_MC 256
@@ -132,14 +132,26 @@ PEFT_AMX void pack_a(const float* A, int64_t lda, int64_t mr, int64_t kc, int64_
   }
 }
 
-// acc[32 x 32] (row stride NR; only the GM x GN tiles written) = sum over nkt k-tiles of the A tiles
-// of row groups a and a + a_next times the B micro-panel b (per k-tile 16 k-pair rows x 32 uint32).
+PEFT_AMX void store_block(const float* acc, float* c, int64_t ldc, float alpha, float beta, int m, int n);
+
+// out[16*GM x 16*GN] (row stride ld_out floats) = (load_c ? out : 0) + the sum over nkt k-tiles of
+// the A tiles of row groups a and a + a_next times the B micro-panel b (per k-tile 16 k-pair rows x
+// 32 uint32). `out` is either C itself (full tiles, alpha == 1, beta 0 or 1) or a 32 x 32 scratch.
 template <int GM, int GN>
-PEFT_AMX void tile_block(int64_t nkt, const uint16_t* a, int64_t a_next, const uint32_t* b, float* acc) {
-  _tile_zero(0);
-  if (GN > 1) _tile_zero(1);
-  if (GM > 1) _tile_zero(2);
-  if (GM > 1 && GN > 1) _tile_zero(3);
+PEFT_AMX void tile_block(int64_t nkt, const uint16_t* a, int64_t a_next, const uint32_t* b, float* out, int64_t ld_out,
+                         bool load_c) {
+  const int64_t ldo = ld_out * 4;
+  if (load_c) {
+    _tile_loadd(0, out, ldo);
+    if (GN > 1) _tile_loadd(1, out + 16, ldo);
+    if (GM > 1) _tile_loadd(2, out + TM * ld_out, ldo);
+    if (GM > 1 && GN > 1) _tile_loadd(3, out + TM * ld_out + 16, ldo);
+  } else {
+    _tile_zero(0);
+    if (GN > 1) _tile_zero(1);
+    if (GM > 1) _tile_zero(2);
+    if (GM > 1 && GN > 1) _tile_zero(3);
+  }
   for (int64_t t = 0; t < nkt; ++t) {
     const uint32_t* bt = b + t * B_TILE_ROWS * NR;
     _tile_loadd(6, bt, NR * 4);
@@ -153,10 +165,23 @@ PEFT_AMX void tile_block(int64_t nkt, const uint16_t* a, int64_t a_next, const u
       if (GN > 1) _tile_dpbf16ps(3, 5, 7);
     }
   }
-  _tile_stored(0, acc, NR * 4);
-  if (GN > 1) _tile_stored(1, acc + 16, NR * 4);
-  if (GM > 1) _tile_stored(2, acc + TM * NR, NR * 4);
-  if (GM > 1 && GN > 1) _tile_stored(3, acc + TM * NR + 16, NR * 4);
+  _tile_stored(0, out, ldo);
+  if (GN > 1) _tile_stored(1, out + 16, ldo);
+  if (GM > 1) _tile_stored(2, out + TM * ld_out, ldo);
+  if (GM > 1 && GN > 1) _tile_stored(3, out + TM * ld_out + 16, ldo);
+}
+
+// One micro-step: C[0..m, 0..n] = alpha * A-tiles * B-panel + beta * C. Whole tiles with alpha == 1
+// and beta 0 or 1 accumulate in C itself; anything else goes through the scratch acc.
+template <int GM, int GN>
+PEFT_AMX void micro_step(int64_t nkt, const uint16_t* a, int64_t a_next, const uint32_t* b, float* c, int64_t ldc,
+                         float alpha, float beta, int m, int n, float* acc) {
+  if (m == GM * TM && n == GN * 16 && alpha == 1.f && (beta == 0.f || beta == 1.f)) {
+    tile_block<GM, GN>(nkt, a, a_next, b, c, ldc, beta == 1.f);
+    return;
+  }
+  tile_block<GM, GN>(nkt, a, a_next, b, acc, NR, false);
+  store_block(acc, c, ldc, alpha, beta, m, n);
 }
 
 // c[0..m, 0..n] = alpha * acc + beta * c (beta == 0: c is not read).
@@ -223,11 +248,11 @@ void amx_rect(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float a
             const int m = static_cast<int>(std::min<int64_t>(MR, mc - ir));
             const uint16_t* ap = abuf + (ir / TM) * nkt * A_TILE;
             const int64_t next = nkt * A_TILE;
-            if (m > TM && n > 16) tile_block<2, 2>(nkt, ap, next, bp, acc);
-            else if (m > TM) tile_block<2, 1>(nkt, ap, next, bp, acc);
-            else if (n > 16) tile_block<1, 2>(nkt, ap, next, bp, acc);
-            else tile_block<1, 1>(nkt, ap, next, bp, acc);
-            store_block(acc, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_eff, m, n);
+            float* c = C + (ic + ir) * ldc + jc + jr;
+            if (m > TM && n > 16) micro_step<2, 2>(nkt, ap, next, bp, c, ldc, alpha, beta_eff, m, n, acc);
+            else if (m > TM) micro_step<2, 1>(nkt, ap, next, bp, c, ldc, alpha, beta_eff, m, n, acc);
+            else if (n > 16) micro_step<1, 2>(nkt, ap, next, bp, c, ldc, alpha, beta_eff, m, n, acc);
+            else micro_step<1, 1>(nkt, ap, next, bp, c, ldc, alpha, beta_eff, m, n, acc);
           }
         }
       }
