@@ -15,12 +15,14 @@
         "native/ops/norm.cc",
         "native/ops/rope.cc",
         "native/ops/attention.cc",
+        "native/ops/attention_avx512.cc",
         "native/ops/activations.cc",
         "native/ops/elementwise.cc",
         "native/ops/loss_optim_embed.cc",
         "native/ops/rowops.cc",
         "native/ops/rowops_generic.cc",
-        "native/ops/rowops_avx2.cc"
+        "native/ops/rowops_avx2.cc",
+        "native/ops/rowops_avx512.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

@@ -10,6 +10,7 @@
 #include "cpu_features.h"
 #include "gemm/gemm.h"
 #include "ops/ops.h"
+#include "ops/rowops_api.h"
 #include "threadpool.h"
 
 namespace {
@@ -120,6 +121,7 @@ Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   o.Set("gemm", peft::gemm_kernel_name());
   o.Set("bf16Dot", peft::bf16_dot_available());
   o.Set("bf16Kernel", peft::gemm_bf16_kernel_name());
+  o.Set("rowops", peft::row_ops().name);
   o.Set("envInvalid", peft::kernel_env_invalid());
   o.Set("cpu", cpu);
   return o;

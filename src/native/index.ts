@@ -81,6 +81,8 @@ export interface KernelInfo {
    * 'avx512-bf16-dot' (VDPBF16PS) or 'none'.
    */
   bf16Kernel: 'amx-bf16-tiles' | 'avx512-bf16-dot' | 'none';
+  /** Row-kernel table in use (softmax, SwiGLU, RMSNorm, RoPE, AdamW; native/ops/rowops.h): "avx512", "avx2" or "generic". */
+  rowops: string;
   /** PEFT_KERNELS holds something other than amx, avx512, avx2, generic. */
   envInvalid: boolean;
   /** amx_tile/amx_bf16: present, enabled in XCR0 and (Linux) permitted by the kernel. */
