@@ -12,6 +12,7 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512_vnni = false, avx512_bf16 = false;
+  bool intel = false;  // vendor string "GenuineIntel" (CPUID leaf 0): picks the SGEMM kernel variant
 };
 
 // What the CPU and OS support (independent of PEFT_KERNELS).

@@ -15,7 +15,11 @@ namespace peft {
 namespace {
 
 // Blocking (overridable at compile time for tuning: -DPEFT_GEMM_KC=… etc.). 6x16 kernels: tuned
-// on Zen 3 (32 KiB L1d / 512 KiB L2) with bench/gemm.ts; 14x32 AVX-512: tuned on Zen 4 (1 MiB L2).
+// on Zen 3 (32 KiB L1d / 512 KiB L2) with bench/gemm.ts; 14x32 AVX-512: tuned on Zen 4 (32 KiB L1d,
+// 1 MiB L2); the Intel 14x32 variant (PEFT_GEMM512I_*): tuned on a Sapphire-Rapids-class Xeon
+// (48 KiB L1d, 2 MiB L2), where one K block up to 640 (K = 576 in one pass, 1024 as 2 x 512) beats
+// keeping the KC x 32 B micro-panel in L1: C is then read and written once per 640 of K instead of
+// once per 256, and the B micro-panel streams from L2 behind the hardware prefetcher.
 #ifndef PEFT_GEMM_KC
 #define PEFT_GEMM_KC 384
 #endif
@@ -34,6 +38,15 @@ namespace {
 #ifndef PEFT_GEMM512_NC
 #define PEFT_GEMM512_NC 2048
 #endif
+#ifndef PEFT_GEMM512I_KC
+#define PEFT_GEMM512I_KC 640
+#endif
+#ifndef PEFT_GEMM512I_MC
+#define PEFT_GEMM512I_MC 168
+#endif
+#ifndef PEFT_GEMM512I_NC
+#define PEFT_GEMM512I_NC 2048
+#endif
 
 const GemmKernels kGeneric = {"generic-6x16", micro_kernel_generic, pack_rows_transposed_generic,
                               widen_bf16_generic, decode_q4_generic, PEFT_GEMM_KC, PEFT_GEMM_MC, PEFT_GEMM_NC};
@@ -43,13 +56,26 @@ const GemmKernels kAvx2 = {"avx2-fma-6x16", micro_kernel_avx2, pack_rows_transpo
 const GemmKernels kAvx512 = {"avx512-14x32", micro_kernel_avx512, pack_rows_transposed_avx512,
                              widen_bf16_avx512, decode_q4_avx512, PEFT_GEMM512_KC, PEFT_GEMM512_MC,
                              PEFT_GEMM512_NC};
+const GemmKernels kAvx512Bcast = {"avx512-14x32-bcast", micro_kernel_avx512_bcast, pack_rows_transposed_avx512,
+                                  widen_bf16_avx512, decode_q4_avx512, PEFT_GEMM512I_KC, PEFT_GEMM512I_MC,
+                                  PEFT_GEMM512I_NC};
+
+// Which 14x32 variant: the register-broadcast one on Intel, the embedded-broadcast one elsewhere
+// (Zen 4, where it was tuned); PEFT_AVX512_BCAST=1|0 forces one (tests run both on any machine).
+bool avx512_bcast_variant() {
+  const char* e = std::getenv("PEFT_AVX512_BCAST");
+  if (e && !std::strcmp(e, "1")) return true;
+  if (e && !std::strcmp(e, "0")) return false;
+  return cpu_features().intel;
+}
+bool is_avx512(const GemmKernels& ks) { return &ks == &kAvx512 || &ks == &kAvx512Bcast; }
 #endif
 
 const GemmKernels& kernels() {
   static const GemmKernels* k = [] {
 #if defined(__x86_64__) || defined(__i386__)
     switch (kernel_level()) {
-      case KernelLevel::Avx512: return &kAvx512;
+      case KernelLevel::Avx512: return avx512_bcast_variant() ? &kAvx512Bcast : &kAvx512;
       case KernelLevel::Avx2: return &kAvx2;
       default: break;
     }
@@ -346,7 +372,7 @@ void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const floa
   if (M <= 0 || N <= 0) return;
   const GemmKernels& ks = kernels();
 #if defined(__x86_64__) || defined(__i386__)
-  if (&ks == &kAvx512 && !trans_a && B.trans && M <= 8 && K > 0 &&
+  if (is_avx512(ks) && !trans_a && B.trans && M <= 8 && K > 0 &&
       (B.kind == WeightKind::F32 || B.kind == WeightKind::BF16)) {
     // decode-sized M: stream each weight row once instead of packing the weights
     const bool bf16 = B.kind == WeightKind::BF16;
@@ -357,7 +383,7 @@ void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const floa
     else body(0, N);
     return;
   }
-  if (&ks == &kAvx512) {
+  if (is_avx512(ks)) {
     gemm_impl<GEMM512_MR, GEMM512_NR>(ks, trans_a, M, N, K, alpha, A, lda, B, beta, C, ldc, parallel);
     return;
   }

@@ -52,6 +52,10 @@ void pack_rows_transposed_avx2(const float* s, int64_t ld, int64_t kc, float* d)
 // AVX-512 (F/BW/VL/DQ) set, compiled with per-function target attributes (kernel_avx512.cc).
 void micro_kernel_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                          float alpha, float beta, int m, int n);
+// The same 14x32 kernel with the A operand broadcast into a register (VBROADCASTSS) instead of an
+// embedded {1to16} memory operand: faster on Intel cores with two 512-bit FMA ports.
+void micro_kernel_avx512_bcast(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                               float alpha, float beta, int m, int n);
 void pack_rows_transposed_avx512(const float* s, int64_t ld, int64_t kc, float* d);
 void widen_bf16_avx512(const uint16_t* s, int64_t n, float* d);
 void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count, float* out);
