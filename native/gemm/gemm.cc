@@ -110,6 +110,33 @@ struct Blocked {
   // Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column micro-panels (zero-padded), panel p at dst + p*kc*NR.
   static void pack_b(const GemmKernels& ks, const WeightRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                      float* dst) {
+    if (!B.trans) {
+      // op(B) = the stored K x N matrix: walk it row by row (each row segment is contiguous, so the
+      // reads stream through memory and the TLB) and deal each row's 32-column pieces to the panels
+      const int64_t full = nc / NR * NR;
+      if (full < nc) std::memset(dst + (full / NR) * kc * NR, 0, sizeof(float) * kc * NR);
+      for (int64_t k = 0; k < kc; ++k) {
+        float* d = dst + k * NR;
+        for (int64_t jp = 0; jp < nc; jp += NR, d += kc * NR) {
+          int64_t j = j0 + jp, nr = std::min<int64_t>(NR, nc - jp);
+          switch (B.kind) {
+            case WeightKind::F32: {
+              const float* s = static_cast<const float*>(B.data) + (k0 + k) * B.ld + j;
+              if (nr == NR) std::memcpy(d, s, sizeof(float) * NR);  // fixed size: inlined vector moves
+              else std::memcpy(d, s, sizeof(float) * nr);
+              break;
+            }
+            case WeightKind::BF16:
+              ks.widen(static_cast<const uint16_t*>(B.data) + (k0 + k) * B.ld + j, nr, d);
+              break;
+            case WeightKind::Q4:
+              ks.decode(*B.q4, (k0 + k) * B.q4->cols + j, nr, d);
+              break;
+          }
+        }
+      }
+      return;
+    }
     for (int64_t jp = 0; jp < nc; jp += NR) {
       int64_t nr = std::min<int64_t>(NR, nc - jp);
       float* d = dst + (jp / NR) * kc * NR;
@@ -118,9 +145,7 @@ struct Blocked {
       switch (B.kind) {
         case WeightKind::F32: {
           const float* s = static_cast<const float*>(B.data);
-          if (!B.trans) {
-            for (int64_t k = 0; k < kc; ++k) std::memcpy(d + k * NR, s + (k0 + k) * B.ld + j, sizeof(float) * nr);
-          } else if (nr == NR) {
+          if (nr == NR) {
             ks.pack_t(s + j * B.ld + k0, B.ld, kc, d);
           } else {
             for (int64_t jj = 0; jj < nr; ++jj) {
@@ -132,27 +157,20 @@ struct Blocked {
         }
         case WeightKind::BF16: {
           const uint16_t* s = static_cast<const uint16_t*>(B.data);
-          if (!B.trans) {
-            for (int64_t k = 0; k < kc; ++k) ks.widen(s + (k0 + k) * B.ld + j, nr, d + k * NR);
-          } else {
-            // widen the rows into a row-major tile, then transpose it into the panel
-            float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
-            if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
-            for (int64_t jj = 0; jj < nr; ++jj) ks.widen(s + (j + jj) * B.ld + k0, kc, tmp + jj * kc);
-            ks.pack_t(tmp, kc, kc, d);
-          }
+          // widen the rows into a row-major tile, then transpose it into the panel
+          float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
+          if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
+          for (int64_t jj = 0; jj < nr; ++jj) ks.widen(s + (j + jj) * B.ld + k0, kc, tmp + jj * kc);
+          ks.pack_t(tmp, kc, kc, d);
           break;
         }
         case WeightKind::Q4: {
           const Q4Matrix& q = *B.q4;
-          if (B.trans) {  // op(B)[k][j] = W[j][k]: decode each row segment, then transpose the tile
-            float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
-            if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
-            for (int64_t jj = 0; jj < nr; ++jj) ks.decode(q, (j + jj) * q.cols + k0, kc, tmp + jj * kc);
-            ks.pack_t(tmp, kc, kc, d);
-          } else {  // op(B)[k][j] = W[k][j]
-            for (int64_t k = 0; k < kc; ++k) ks.decode(q, (k0 + k) * q.cols + j, nr, d + k * NR);
-          }
+          // op(B)[k][j] = W[j][k]: decode each row segment, then transpose the tile
+          float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
+          if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
+          for (int64_t jj = 0; jj < nr; ++jj) ks.decode(q, (j + jj) * q.cols + k0, kc, tmp + jj * kc);
+          ks.pack_t(tmp, kc, kc, d);
           break;
         }
       }
