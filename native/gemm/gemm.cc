@@ -102,7 +102,7 @@ struct Scratch {
   }
 };
 
-thread_local Scratch a_scratch, b_scratch, row_scratch;
+thread_local Scratch a_scratch, b_scratch, row_scratch, ct_scratch;
 
 // The blocked algorithm for one micro-tile shape.
 template <int MR, int NR>
@@ -322,6 +322,34 @@ void gemm_impl(const GemmKernels& ks, bool trans_a, int64_t M, int64_t N, int64_
   });
 }
 
+// C[M,N] = alpha * op(A) op(B) + beta * C for a skinny f32 op(B) and a transposed A (N <= 16:
+// LoRA's dYᵀ·(x·Aᵀ), the rank-r factor's weight gradient), computed as the transpose Cᵀ[N,M] = op(B)ᵀ op(A)ᵀ so that M fills the
+// 32-wide vector dimension of the 14x32 micro-tile and N pads to 14 rows instead of 32 columns
+// (8 of 14 lanes busy at r = 8 instead of 8 of 32). The product goes to an N x M scratch, then
+// C = alpha * scratchᵀ + beta * C (beta == 0: C is not read).
+template <int MR, int NR>
+void gemm_skinny_n(const GemmKernels& ks, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const WeightRef& B, float beta, float* C, int64_t ldc, bool parallel) {
+  float* ct = ct_scratch.get(static_cast<size_t>(N) * M);
+  // op(B)ᵀ is N x K: stored K x N (!B.trans) reads as a transposed A; stored N x K as a plain one.
+  // op(A)ᵀ is K x M: stored M x K (!trans_a) is the [N', K']-layout weight (trans), K x M is plain.
+  WeightRef at;
+  at.kind = WeightKind::F32;
+  at.data = A;
+  at.ld = lda;
+  at.trans = !trans_a;
+  gemm_impl<MR, NR>(ks, !B.trans, N, M, K, 1.f, static_cast<const float*>(B.data), B.ld, at, 0.f, ct, M, parallel);
+  auto store = [&](long m0, long m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      float* c = C + m * ldc;
+      if (beta == 0.f) for (int64_t n = 0; n < N; ++n) c[n] = alpha * ct[n * M + m];
+      else for (int64_t n = 0; n < N; ++n) c[n] = alpha * ct[n * M + m] + beta * c[n];
+    }
+  };
+  if (parallel) parallel_for(M, 256, store);
+  else store(0, M);
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #ifndef PEFT_GEMM_BF16_KC
 #define PEFT_GEMM_BF16_KC 512
@@ -399,6 +427,28 @@ void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const floa
     };
     if (parallel && static_cast<double>(N) * K >= 1 << 16) parallel_for(N, 16, body);
     else body(0, N);
+    return;
+  }
+  if (is_avx512(ks) && B.kind == WeightKind::F32 && N <= 16 && M > 8 && !trans_a) {
+    // skinny N (LoRA's x·Aᵀ, dY·B at rank r <= 16): dot products of A's rows, read in place, with
+    // op(B)ᵀ [N, K] (zero-padded to a multiple of 8 rows) — no padding of N to the 32-wide tile and
+    // no packing of the M x K operand (2.4x the 14x32 path at N = 8, 1.5x at N = 16 on Intel)
+    const int64_t npad = (N + 7) / 8 * 8;
+    float* w = ct_scratch.get(static_cast<size_t>(npad) * K);
+    const float* s = static_cast<const float*>(B.data);
+    if (B.trans) for (int64_t n = 0; n < N; ++n) std::memcpy(w + n * K, s + n * B.ld, sizeof(float) * K);
+    else for (int64_t k = 0; k < K; ++k) for (int64_t n = 0; n < N; ++n) w[n * K + k] = s[k * B.ld + n];
+    if (npad > N) std::memset(w + N * K, 0, sizeof(float) * (npad - N) * K);
+    auto body = [&](long b0, long b1) {
+      small_n_avx512(b0 * 3, std::min<int64_t>(M, b1 * 3), N, K, alpha, A, lda, w, K, beta, C, ldc);
+    };
+    int64_t blocks = (M + 2) / 3;
+    if (parallel && static_cast<double>(M) * N * K >= 1 << 17) parallel_for(blocks, 8, body);
+    else body(0, blocks);
+    return;
+  }
+  if (is_avx512(ks) && B.kind == WeightKind::F32 && N <= 16 && M >= 64 && K >= 16 && trans_a) {
+    gemm_skinny_n<GEMM512_MR, GEMM512_NR>(ks, trans_a, M, N, K, alpha, A, lda, B, beta, C, ldc, parallel);
     return;
   }
   if (is_avx512(ks)) {

@@ -298,5 +298,63 @@ PEFT_AVX512 void small_m_nt_avx512(int m, int64_t j0, int64_t j1, int64_t K, flo
   }
 }
 
+namespace {
+// R rows of A against the 8 rows of w (a zero-padded W block): 8R accumulators, each k step of 16
+// loads R A vectors and 8 W vectors for 8R FMAs; the dot products are reduced at the end.
+template <int R>
+PEFT_AVX512 void rows_x8(int64_t K, const float* a, int64_t lda, const float* w, int64_t ldw, int nj, float alpha,
+                         float beta, float* c, int64_t ldc) {
+  __m512 acc[R][8];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) acc[r][j] = _mm512_setzero_ps();
+  const int64_t kfull = K / 16 * 16;
+  for (int64_t k = 0; k < kfull; k += 16) {
+    __m512 av[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) av[r] = _mm512_loadu_ps(a + r * lda + k);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512 wv = _mm512_loadu_ps(w + j * ldw + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], wv, acc[r][j]);
+    }
+  }
+  if (kfull < K) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (K - kfull)) - 1);
+    __m512 av[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) av[r] = _mm512_maskz_loadu_ps(tail, a + r * lda + kfull);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512 wv = _mm512_maskz_loadu_ps(tail, w + j * ldw + kfull);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], wv, acc[r][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+    for (int j = 0; j < nj; ++j) {
+      float v = alpha * _mm512_reduce_add_ps(acc[r][j]);
+      cr[j] = beta == 0.f ? v : v + beta * cr[j];
+    }
+  }
+}
+}  // namespace
+
+PEFT_AVX512 void small_n_avx512(int64_t i0, int64_t i1, int64_t N, int64_t K, float alpha, const float* a, int64_t lda,
+                                const float* w, int64_t ldw, float beta, float* c, int64_t ldc) {
+  for (int64_t j = 0; j < N; j += 8) {
+    const int nj = static_cast<int>(std::min<int64_t>(8, N - j));
+    const float* wj = w + j * ldw;
+    int64_t i = i0;
+    for (; i + 3 <= i1; i += 3) rows_x8<3>(K, a + i * lda, lda, wj, ldw, nj, alpha, beta, c + i * ldc + j, ldc);
+    if (i1 - i == 2) rows_x8<2>(K, a + i * lda, lda, wj, ldw, nj, alpha, beta, c + i * ldc + j, ldc);
+    else if (i1 - i == 1) rows_x8<1>(K, a + i * lda, lda, wj, ldw, nj, alpha, beta, c + i * ldc + j, ldc);
+  }
+}
+
 }  // namespace peft
 #endif

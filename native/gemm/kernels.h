@@ -65,6 +65,12 @@ void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count, float* out)
 void small_m_nt_avx512(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* a, int64_t lda,
                        const void* w, bool bf16, int64_t ldw, float beta, float* c, int64_t ldc);
 
+// C[i, j] = alpha * dot(A row i, w row j) + beta * C[i, j] for rows i in [i0, i1) and j < N: the
+// skinny-N product (N = a LoRA rank) without packing A. w is op(B)ᵀ [N, K] (row stride ldw) whose
+// row count is padded with zero rows to a multiple of 8; a, c point at row 0.
+void small_n_avx512(int64_t i0, int64_t i1, int64_t N, int64_t K, float alpha, const float* a, int64_t lda,
+                    const float* w, int64_t ldw, float beta, float* c, int64_t ldc);
+
 // AVX512_BF16 dot-product set (kernel_avx512_bf16.cc): panels of k-pairs, one uint32 = (x[2p], x[2p+1]).
 // micro-kernel: c[0..m, 0..n] = alpha * sum_p dot2(a[p*MR + i], b[p*NR + j]) + beta * c over kp pairs.
 void micro_kernel_bf16dot_avx512(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc,

@@ -64,8 +64,9 @@ function check(M, N, K, ta, tb, kind, alpha, beta) {
   }
 }
 // [20, 45, 1300]: K over every level's K block (384 for 6x16, 256 / 640 for the 14x32 variants),
-// so later K blocks accumulate into C (beta applied once)
-for (const [M, N, K] of [[7, 33, 300], [50, 17, 9], [29, 70, 130], [15, 40, 1], [20, 45, 1300]]) for (const ta of [false, true]) for (const tb of [false, true])
+// so later K blocks accumulate into C (beta applied once); N <= 16 with M > 8: the AVX-512 skinny-N
+// paths (row dot products without packing, or the transposed product when op(A) is transposed)
+for (const [M, N, K] of [[7, 33, 300], [50, 17, 9], [29, 70, 130], [15, 40, 1], [20, 45, 1300], [37, 8, 300], [70, 13, 45], [66, 16, 40]]) for (const ta of [false, true]) for (const tb of [false, true])
   for (const kind of ['f32', 'bf16', 'q4', 'q4dq']) {
     if (kind.startsWith('q4') && (ta || (M * K) % 2)) continue;
     check(M, N, K, ta, tb, kind, 1, 0);
