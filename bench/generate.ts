@@ -2,7 +2,10 @@
  * Generation benchmark: greedy decoding tokens/s, peft-ts next to llama.cpp (node-llama-cpp, CPU
  * build) from one invocation with the same thread count, at batch 1 and batch 8, prompt 128 tokens,
  * 256 new tokens, on
- *   - stories260K (bundled; llama.cpp reads the bundled stories260K.gguf), and
+ *   - stories260K (bundled; llama.cpp reads the bundled stories260K.gguf),
+ *   - tinystories656K (bundled, real weights; written to GGUF by our own writer like the next one;
+ *     its BPE vocabulary is replaced in the GGUF by stories260K's SPM tokens padded to 2048 names —
+ *     the bench feeds token ids, so only the vocabulary size matters to llama.cpp), and
  *   - the SmolLM2-135M shape with random float32 weights, written to GGUF by our own writer
  *     (src/io/gguf.ts; q/k rows permuted as convert_hf_to_gguf does),
  * each for the base model and with an unmerged LoRA (r 8, all linear layers, random nonzero B;
@@ -13,7 +16,7 @@
  * (all linear weights + lm_head, float32, per decode step) next to the machine's memcpy bandwidth
  * (read + write bytes, measured here). EOS is ignored so every run makes 256 tokens.
  *
- * Run: npm run bench:generate [-- --cases stories,smol --new 256 --prompt 128 --threads 2]
+ * Run: npm run bench:generate [-- --cases stories,tinystories,smol --new 256 --prompt 128 --threads 2]
  */
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -26,13 +29,13 @@ import { LoraAdapter, parseLoraConfig, PeftModel } from '../src/peft/index.js';
 import { exportLoraAdapterGguf, permuteRowsForGguf } from '../src/export/gguf-lora.js';
 import { readGgufFile, writeGgufFile, type GgufKV, type GgufTensorToWrite } from '../src/io/gguf.js';
 import { weightBytes, weightToF32 } from '../src/tensor/index.js';
-import { DEFAULT_MODEL } from '../src/paths.js';
+import { DEFAULT_MODEL, PACKAGE_ROOT } from '../src/paths.js';
 import { randomModel, SHAPES } from './random-model.js';
 
 const argv = process.argv.slice(2);
 const arg = (k: string, d: string): string => { const i = argv.indexOf(k); return i >= 0 ? argv[i + 1] : d; };
 const NEW = Number(arg('--new', '256')), PROMPT = Number(arg('--prompt', '128')), THREADS = Number(arg('--threads', '2'));
-const cases = arg('--cases', 'stories,smol').split(',');
+const cases = arg('--cases', 'stories,tinystories,smol').split(',');
 const batches = arg('--batches', '1,8').split(',').map(Number);
 native.setNumThreads(THREADS);
 const tmp = mkdtempSync(join(tmpdir(), 'peft-bench-gen-'));
@@ -70,7 +73,7 @@ function writeModelGguf(model: CausalLM, path: string): void {
     { key: 'llama.attention.head_count_kv', value: { type: 'UINT32', value: c.numKvHeads } },
     { key: 'llama.block_count', value: { type: 'UINT32', value: c.numLayers } },
     { key: 'llama.rope.dimension_count', value: { type: 'UINT32', value: c.headDim } },
-    { key: 'llama.rope.freq_base', value: { type: 'FLOAT32', value: 10000 } },
+    { key: 'llama.rope.freq_base', value: { type: 'FLOAT32', value: c.rope.theta } },
     { key: 'llama.attention.layer_norm_rms_epsilon', value: { type: 'FLOAT32', value: c.rmsNormEps } },
     { key: 'tokenizer.ggml.model', value: { type: 'STRING', value: 'llama' } },
     { key: 'tokenizer.ggml.tokens', value: { type: 'ARRAY', itemType: 'STRING', value: tokens } },
@@ -158,7 +161,9 @@ console.log(`prompt ${PROMPT} tokens, ${NEW} new tokens, greedy; decode tokens/s
 console.log('| model | adapter | batch | peft-ts tok/s | llama.cpp tok/s | ratio | peft-ts GB/s | llama.cpp GB/s |');
 console.log('|---|---|---:|---:|---:|---:|---:|---:|');
 for (const name of cases) {
-  const model = name === 'stories' ? loadModel(DEFAULT_MODEL) : randomModel(SHAPES[name]);
+  const model = name === 'stories' ? loadModel(DEFAULT_MODEL)
+    : name === 'tinystories' ? loadModel(join(PACKAGE_ROOT, 'models', 'tinystories656K'))
+    : randomModel(SHAPES[name]);
   model.config.eosTokenIds = [];
   const gguf = name === 'stories' ? join(DEFAULT_MODEL, 'stories260K.gguf') : join(tmp, `${name}.gguf`);
   if (name !== 'stories') writeModelGguf(model, gguf);

@@ -9,6 +9,7 @@
 
 #include "../cpu_features.h"
 #include "../threadpool.h"
+#include "kernel_amx.h"
 #include "kernels.h"
 
 namespace peft {
@@ -288,6 +289,11 @@ void choose_grid(int64_t M, int64_t N, int64_t K, int threads, int* tm_out, int*
 
 const char* gemm_kernel_name() { return kernels().name; }
 
+const char* gemm_bf16_kernel_name() {
+  if (!bf16_dot_available()) return "none";
+  return amx_bf16_available() ? "amx-bf16-tiles" : "avx512-bf16-dot";
+}
+
 namespace {
 // Runs rect(m0, m1, n0, n1) over a grid of threads covering C[M, N] (one call when serial).
 template <int MR, int NR, typename Rect>
@@ -404,6 +410,12 @@ bool gemm_bf16_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A,
 #if defined(__x86_64__) || defined(__i386__)
   if (!bf16_dot_available()) return false;
   if (M <= 0 || N <= 0) return true;
+#if defined(__x86_64__)
+  if (amx_bf16_available()) {
+    gemm_bf16_amx(M, N, K, alpha, A, lda, B, ldb, trans_b, beta, C, ldc, parallel);
+    return true;
+  }
+#endif
   run_grid<GEMM512_MR, GEMM512_NR>(M, N, K, parallel, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     bf16dot_rect(m0, m1, n0, n1, K, alpha, A, lda, B, ldb, trans_b, beta, C, ldc);
   });

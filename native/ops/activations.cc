@@ -3,6 +3,7 @@
 
 #include "../threadpool.h"
 #include "ops.h"
+#include "rowops_api.h"
 
 namespace peft {
 namespace {
@@ -60,20 +61,16 @@ void act_backward(Act a, const float* x, const float* dy, float* dx, int64_t n) 
   });
 }
 
+// SwiGLU runs through the vectorised row kernels of the kernel level in use (rowops.h).
 void swiglu_forward(const float* g, const float* u, float* y, int64_t n) {
-  parallel_for(n, kGrain, [&](long b, long e) {
-    for (long i = b; i < e; ++i) y[i] = g[i] * sigmoid(g[i]) * u[i];
-  });
+  const RowOps& ro = row_ops();
+  parallel_for(n, kGrain, [&](long b, long e) { ro.swiglu_fwd(g + b, u + b, y + b, e - b); });
 }
 
 void swiglu_backward(const float* g, const float* u, const float* dy, float* dg, float* du, int64_t n) {
+  const RowOps& ro = row_ops();
   parallel_for(n, kGrain, [&](long b, long e) {
-    for (long i = b; i < e; ++i) {
-      float s = sigmoid(g[i]);
-      float silu = g[i] * s;
-      if (du) du[i] += dy[i] * silu;
-      if (dg) dg[i] += dy[i] * u[i] * s * (1.f + g[i] * (1.f - s));
-    }
+    ro.swiglu_bwd(g + b, u + b, dy + b, dg ? dg + b : nullptr, du ? du + b : nullptr, e - b);
   });
 }
 

@@ -67,15 +67,9 @@ void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, float l
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   const float decay = static_cast<float>(1.0 - static_cast<double>(lr) * weight_decay);
   const float w1 = 1.f - beta1, w2 = 1.f - beta2;
+  const RowOps& ro = row_ops();
   parallel_for(n, 32768, [&](long s, long e) {
-    for (long i = s; i < e; ++i) {
-      float gi = g[i];
-      if (weight_decay != 0.f) p[i] *= decay;
-      m[i] += w1 * (gi - m[i]);  // torch lerp_ with weight < 0.5
-      v[i] = v[i] * beta2 + w2 * gi * gi;
-      float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
-      p[i] -= step_size * (m[i] / denom);
-    }
+    ro.adamw(p + s, g + s, m + s, v + s, e - s, step_size, bc2_sqrt, decay, beta2, w1, w2, eps, weight_decay != 0.f);
   });
 }
 

@@ -1,24 +1,21 @@
-// RMSNorm and LayerNorm, forward and backward (float32 data, float64 row reductions).
+// RMSNorm and LayerNorm, forward and backward. RMSNorm rows run through the vectorised row kernels
+// (float32 lane reductions, rowops.h); LayerNorm and the weight gradients reduce in float64.
 #include <cmath>
 #include <vector>
 
 #include "../threadpool.h"
 #include "ops.h"
+#include "rowops_api.h"
 
 namespace peft {
 
 void rmsnorm_forward(const float* x, const float* w, int64_t rows, int64_t D, float eps, float* y,
                      float* rstd) {
+  const RowOps& ro = row_ops();
   parallel_for(rows, 16, [&](long r0, long r1) {
     for (long r = r0; r < r1; ++r) {
-      const float* xr = x + r * D;
-      float* yr = y + r * D;
-      double ss = 0;
-      for (int64_t d = 0; d < D; ++d) ss += static_cast<double>(xr[d]) * xr[d];
-      float var = static_cast<float>(ss / D);
-      float rs = 1.0f / std::sqrt(var + eps);
+      float rs = ro.rmsnorm_fwd_row(x + r * D, w, D, eps, y + r * D);
       if (rstd) rstd[r] = rs;
-      for (int64_t d = 0; d < D; ++d) yr[d] = w[d] * (xr[d] * rs);
     }
   });
 }
@@ -43,6 +40,7 @@ static void rows_with_partials(int64_t rows, int64_t width, float* out, F body) 
 
 void rmsnorm_backward(const float* dy, const float* x, const float* w, const float* rstd, int64_t rows,
                       int64_t D, float* dx, float* dw) {
+  const RowOps& ro = row_ops();
   rows_with_partials(rows, D, dw, [&](long r0, long r1, double* pdw) {
     for (long r = r0; r < r1; ++r) {
       const float* xr = x + r * D;
@@ -50,13 +48,7 @@ void rmsnorm_backward(const float* dy, const float* x, const float* w, const flo
       float rs = rstd[r];
       if (pdw)
         for (int64_t d = 0; d < D; ++d) pdw[d] += static_cast<double>(dyr[d]) * xr[d] * rs;
-      if (dx) {
-        double dot = 0;
-        for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(dyr[d]) * w[d] * xr[d];
-        float c = static_cast<float>(dot / D) * rs * rs;
-        float* dxr = dx + r * D;
-        for (int64_t d = 0; d < D; ++d) dxr[d] += rs * (dyr[d] * w[d] - xr[d] * c);
-      }
+      if (dx) ro.rmsnorm_bwd_row(dyr, xr, w, rs, D, dx + r * D);
     }
   });
 }

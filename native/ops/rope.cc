@@ -3,6 +3,7 @@
 
 #include "../threadpool.h"
 #include "ops.h"
+#include "rowops_api.h"
 
 namespace peft {
 
@@ -24,28 +25,10 @@ void rope_apply(const float* x, float* y, int64_t rows, int64_t H, int64_t D, in
                 const float* cos_t, const float* sin_t, int sign, bool accumulate) {
   const int64_t half = D / 2;
   const float sg = sign >= 0 ? 1.f : -1.f;
+  const RowOps& ro = row_ops();
   parallel_for(rows, 32, [&](long r0, long r1) {
-    for (long r = r0; r < r1; ++r) {
-      const float* c = cos_t + r * half;
-      const float* s = sin_t + r * half;
-      for (int64_t h = 0; h < H; ++h) {
-        const float* xh = x + r * stride + h * D;
-        float* yh = y + r * stride + h * D;
-        for (int64_t i = 0; i < half; ++i) {
-          float x1 = xh[i], x2 = xh[i + half];
-          float si = sg * s[i];
-          float a = x1 * c[i] - x2 * si;
-          float b = x2 * c[i] + x1 * si;
-          if (accumulate) {
-            yh[i] += a;
-            yh[i + half] += b;
-          } else {
-            yh[i] = a;
-            yh[i + half] = b;
-          }
-        }
-      }
-    }
+    for (long r = r0; r < r1; ++r)
+      ro.rope_row(x + r * stride, y + r * stride, H, D, cos_t + r * half, sin_t + r * half, sg, accumulate);
   });
 }
 

@@ -15,12 +15,13 @@
  * llama.cpp (`--target llama.cpp`): `<out>/<LORA_NAME>.gguf` (src/export/gguf-lora.ts) and
  * `<out>/launch.sh` running `llama-server -m BASE.gguf --lora <out>/<LORA_NAME>.gguf`.
  */
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { PeftError } from '../errors.js';
 import { exportLoraGguf } from '../export/gguf-lora.js';
 import { moveFilesInto, writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { targetChecks, type Finding } from './doctor.js';
+import { readJsonObject } from '../io/files.js';
 
 export const VLLM_MAX_LORA_RANKS = [8, 16, 32, 64, 128, 256, 320, 512];
 
@@ -29,7 +30,7 @@ export interface DeployResult { files: string[]; command: string; findings: Find
 const q = (s: string): string => (/^[A-Za-z0-9_./:@=-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 function maxRank(adapterDir: string): number {
-  const c = JSON.parse(readFileSync(join(adapterDir, 'adapter_config.json'), 'utf8')) as { r?: number; rank_pattern?: Record<string, number> };
+  const c = readJsonObject(join(adapterDir, 'adapter_config.json'), { what: 'an adapter config' }) as { r?: number; rank_pattern?: Record<string, number> };
   return Math.max(Number(c.r ?? 8), ...Object.values(c.rank_pattern ?? {}).map(Number));
 }
 
@@ -55,7 +56,7 @@ export function deployVllm(adapterDir: string, out: string, o: { base: string; s
     copyFileSync(join(adapterDir, f), join(tmp, f));
     chmodSync(join(tmp, f), 0o644); // registry blobs are read-only; the deployed copy is the user's
   }
-  const cfg = JSON.parse(readFileSync(join(adapterDir, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+  const cfg = readJsonObject(join(adapterDir, 'adapter_config.json'), { what: 'an adapter config' });
   cfg.base_model_name_or_path = o.servedModelName;
   writeJsonAtomic(join(tmp, 'adapter_config.json'), cfg);
   moveFilesInto(tmp, final);

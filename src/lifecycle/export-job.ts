@@ -22,7 +22,7 @@
  * `sequence_len`, `sample_packing`, `micro_batch_size`, `gradient_accumulation_steps`,
  * `max_steps`, `learning_rate`, `lr_scheduler`, `warmup_steps`, `optimizer: adamw_torch`, `seed`).
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { PeftError } from '../errors.js';
@@ -32,6 +32,7 @@ import { ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, detectFormat } from '../tr
 import { DEFAULT_CHAT_TEMPLATE } from '../train/data/chat.js';
 import { DEFAULT_LR, type MethodName } from '../train/run.js';
 import { toolVersion } from './provenance.js';
+import { parseJsonText, readJsonFile, readJsonObject, readTextFile } from '../io/files.js';
 
 /** The run, in peft-ts's terms (a subset of `peft train`'s options). */
 export interface JobSpec {
@@ -57,7 +58,7 @@ export function jobSpec(o: Partial<JobSpec> & { fromRun?: string }): JobSpec {
   if (o.fromRun) {
     const f = join(o.fromRun, 'train_args.json');
     if (!existsSync(f)) throw new PeftError('train_args.json not found', { file: o.fromRun, field: '--from-run', expected: 'an output directory of peft train' });
-    prev = JSON.parse(readFileSync(f, 'utf8')) as Partial<JobSpec>;
+    prev = readJsonObject(f, { what: 'the train_args.json of a peft train run' }) as Partial<JobSpec>;
   }
   const defined = Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<JobSpec>;
   const s = { ...JOB_DEFAULTS, ...pick(prev), ...defined } as JobSpec;
@@ -78,8 +79,17 @@ function pick(a: Partial<JobSpec>): Partial<JobSpec> {
 /** The data file's record format, as peft-ts detects it: txt, text, alpaca, prompt-completion or chat. */
 export function dataKind(file: string): 'txt' | 'text' | 'alpaca' | 'prompt-completion' | 'chat' {
   if (file.endsWith('.txt')) return 'txt';
-  const text = readFileSync(file, 'utf8');
-  const first = file.endsWith('.json') ? (JSON.parse(text) as unknown[])[0] : JSON.parse(text.split('\n').find((l) => l.trim())!);
+  let first: unknown;
+  if (file.endsWith('.json')) {
+    const all = readJsonFile(file, { what: 'a JSON array of records', maxBytes: 1 << 30 });
+    if (!Array.isArray(all) || all.length === 0) throw new PeftError('a .json data file holds a non-empty array of records', { file, found: Array.isArray(all) ? 'an empty array' : typeof all });
+    first = all[0];
+  } else {
+    const line = readTextFile(file, { maxBytes: 1 << 30 }).split('\n').find((l) => l.trim());
+    if (line === undefined) throw new PeftError('empty data file', { file, expected: 'one JSON record per line' });
+    first = parseJsonText(line, file, { what: 'a JSON record on the first line' });
+  }
+  if (typeof first !== 'object' || first === null || Array.isArray(first)) throw new PeftError('a record is a JSON object', { file, found: first === null ? 'null' : Array.isArray(first) ? 'an array' : typeof first });
   const f = detectFormat(first as Record<string, unknown>);
   if (!f) throw new PeftError('cannot tell the data format', { file, expected: '{"text"}, {"instruction","output"}, {"prompt","completion"} or {"messages"}' });
   return f;

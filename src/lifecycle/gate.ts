@@ -20,7 +20,7 @@
  * ```
  * "base" is the same model with the adapter disabled, evaluated on the same examples.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { PeftError } from '../errors.js';
@@ -33,6 +33,7 @@ import { PeftModel } from '../peft/peft-model.js';
 import { evaluate } from '../train/evaluate.js';
 import { loadExamples, readRecords } from '../train/data/index.js';
 import { sha256Text } from './hash.js';
+import { parseJsonText, readTextFile } from '../io/files.js';
 
 export interface GateSpec {
   target?: { data: string; min_improvement: number; max_examples?: number };
@@ -60,9 +61,10 @@ function num(file: string, field: string, v: unknown, min = -Infinity): number {
 /** Reads and validates a gate file; data paths are resolved against its directory. Throws PeftError naming the file and the field. */
 export function readGate(file: string): { spec: GateSpec; sha256: string } {
   if (!existsSync(file)) throw new PeftError('gate file not found', { file });
-  const text = readFileSync(file, 'utf8');
+  const text = readTextFile(file, { what: 'a gate file (YAML or JSON)' });
   let v: unknown;
-  try { v = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text); } catch (e) { throw new PeftError('invalid gate file', { file, expected: 'YAML or JSON', found: (e as Error).message }); }
+  if (file.endsWith('.json')) v = parseJsonText(text, file, { what: 'a gate file' });
+  else try { v = parseYaml(text, { maxAliasCount: 100 }); } catch (e) { throw new PeftError('invalid gate file', { file, expected: 'YAML or JSON', found: (e as Error).message }); }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new PeftError('a gate file holds a mapping', { file, expected: 'target / forgetting / exact_match sections' });
   const g = v as { target?: Record<string, unknown>; forgetting?: Record<string, unknown>; exact_match?: Record<string, unknown>; max_seq_length?: unknown; text_split?: unknown };
   const known = ['target', 'forgetting', 'exact_match', 'max_seq_length', 'text_split'];

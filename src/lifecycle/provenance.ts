@@ -22,6 +22,7 @@ import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { PACKAGE_ROOT } from '../paths.js';
 import { baseIdentity, sha256File, sha256Text, type BaseIdentity } from './hash.js';
+import { readJsonObject } from '../io/files.js';
 
 export const PROVENANCE_FILE = 'training_provenance.json';
 export const MODEL_CARD_FILE = 'README.md';
@@ -133,12 +134,7 @@ export function writeProvenance(dir: string, p: Provenance): void {
 export function readProvenance(dir: string): Provenance | null {
   const f = join(dir, PROVENANCE_FILE);
   if (!existsSync(f)) return null;
-  let p: Provenance;
-  try {
-    p = JSON.parse(readFileSync(f, 'utf8')) as Provenance;
-  } catch (e) {
-    throw new PeftError('invalid provenance file', { file: f, expected: 'JSON', found: (e as Error).message });
-  }
+  const p = readJsonObject(f, { what: 'a peft-ts provenance record' }) as unknown as Provenance;
   if (p?.format !== 'peft-ts-provenance/1' || typeof p.base?.sha256 !== 'string')
     throw new PeftError('invalid provenance file', { file: f, field: 'format / base.sha256', expected: 'peft-ts-provenance/1 with a base digest', found: String(p?.format) });
   return p;

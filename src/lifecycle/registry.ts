@@ -15,7 +15,7 @@
  * name exists, so two pushes can never produce the same NAME@N even without the lock; with it
  * (every writer holds it), `gc` never deletes a blob a push is writing.
  */
-import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, chmodSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, chmodSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -23,7 +23,8 @@ import { PeftError } from '../errors.js';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { sha256File, sha256Text } from './hash.js';
 import { withLock } from './lock.js';
-import { PROVENANCE_FILE, type Provenance } from './provenance.js';
+import { PROVENANCE_FILE, readProvenance, type Provenance } from './provenance.js';
+import { readJsonObject } from '../io/files.js';
 
 export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 export const TAG_RE = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
@@ -106,13 +107,13 @@ export function listVersions(root: string, name: string): number[] {
 export function readManifest(root: string, name: string, version: number): Manifest {
   const f = join(paths(root, name).versions, `${version}.json`);
   if (!existsSync(f)) throw new PeftError('no such version in the registry', { file: root, field: `${name}@${version}`, expected: listVersions(root, name).map((v) => `${name}@${v}`).join(', ') || `a pushed version of ${name}` });
-  return JSON.parse(readFileSync(f, 'utf8')) as Manifest;
+  return readJsonObject(f, { what: 'a registry manifest' }) as unknown as Manifest;
 }
 
 export function readTags(root: string, name: string): TagsFile {
   const f = paths(root, name).tags;
   if (!existsSync(f)) return { tags: {}, stacks: {}, history: [] };
-  return JSON.parse(readFileSync(f, 'utf8')) as TagsFile;
+  return readJsonObject(f, { what: 'a registry tags file' }) as unknown as TagsFile;
 }
 
 /** The version a reference names: NAME@N, NAME@TAG, or NAME (its `prod` tag, else the latest version). */
@@ -133,9 +134,9 @@ export function resolveRef(root: string, ref: string, defaultTag = 'prod'): { na
 }
 
 function manifestFor(dir: string, name: string, files: Record<string, FileEntry>, message?: string): Omit<Manifest, 'version' | 'created'> {
-  const config = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+  const config = readJsonObject(join(dir, 'adapter_config.json'), { what: 'an adapter config' });
   let prov: Provenance | null = null;
-  if (existsSync(join(dir, PROVENANCE_FILE))) prov = JSON.parse(readFileSync(join(dir, PROVENANCE_FILE), 'utf8')) as Provenance;
+  if (existsSync(join(dir, PROVENANCE_FILE))) prov = readProvenance(dir);
   const metrics: Record<string, number> = {};
   for (const [k, v] of Object.entries(prov?.metrics ?? {})) if (typeof v === 'number') metrics[k] = v;
   return {
@@ -275,7 +276,7 @@ export function show(root: string, ref: string): { manifest: Manifest; tags: str
   const manifest = readManifest(root, name, version);
   const tags = Object.entries(readTags(root, name).tags).filter(([, v]) => v === version).map(([k]) => k);
   const reports = listReports(root, name, version).map((file) => {
-    const r = JSON.parse(readFileSync(file, 'utf8')) as { passed?: unknown; gate?: unknown };
+    const r = readJsonObject(file, { what: 'a gate report' }) as { passed?: unknown; gate?: unknown };
     return { file, passed: r.passed, gate: r.gate };
   });
   return { manifest, tags, reports };

@@ -7,9 +7,9 @@
  * {@link parseCommon}); each architecture family (`src/models/<family>.ts`) reads its own extras
  * and fills the per-layer plan (RoPE, sliding window) the shared forward pass runs.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PeftError } from '../errors.js';
+import { readJsonObject } from '../io/files.js';
 
 /** RoPE settings (transformers `rope_parameters` / `rope_scaling`). */
 export interface RopeConfig {
@@ -204,21 +204,13 @@ function show(v: unknown): string {
   return s === undefined ? String(v) : s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
+/**
+ * Reads a JSON object from a regular file (FIFOs, devices and directories refused; size and
+ * nesting bounded — see io/files.ts readJsonObject).
+ * @throws PeftError naming the file when it is missing, unreadable, not JSON or not an object.
+ */
 export function readJson(path: string): Json {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new PeftError(`cannot read: ${(e as Error).message}`, { file: path });
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new PeftError('invalid JSON', { file: path, found: (e as Error).message });
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new PeftError('not a JSON object', { file: path });
-  return v as Json;
+  return readJsonObject(path, { what: 'a JSON object' }) as Json;
 }
 
 /** Reads `dir/config.json` (and EOS ids from `generation_config.json` when present); validation is the family's. */

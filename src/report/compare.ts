@@ -6,7 +6,7 @@
  * (LoRA, on the bundled Grimm preference set) are compared the same way: held-out reward accuracy
  * and margin before → after, and forgetting.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic, writeJsonAtomic } from '../io/atomic.js';
 import { DEFAULT_NEW_DOMAIN, DEFAULT_OLD_DOMAIN, DEFAULT_PREFERENCE_DATA } from '../paths.js';
@@ -14,6 +14,7 @@ import type { Objective } from '../train/preference/losses.js';
 import { DEFAULT_LR, METHODS, type MethodName } from '../train/run.js';
 import { barsSvg } from './charts.js';
 import { runPeft } from './subprocess.js';
+import { readJsonObject } from '../io/files.js';
 
 export interface CompareOptions {
   model?: string;
@@ -95,7 +96,7 @@ export async function runCompare(o: CompareOptions = {}): Promise<{ rows: Compar
       '--output', out, '--result-json', result,
       ...(o.model ? ['--model', o.model] : []),
     ], (line) => o.onProgress?.(name, line));
-    return { out, summary: JSON.parse(readFileSync(result, 'utf8')) };
+    return { out, summary: readJsonObject(result, { what: 'a peft train --result-json file' }) };
   };
   const rows: CompareRow[] = [];
   for (const method of o.methods ?? (o.objectives?.length ? [] : METHODS)) {

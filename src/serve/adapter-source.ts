@@ -18,10 +18,11 @@
  *   device or socket): a symlink leading out of `R` is refused;
  * - errors name the reference as the client gave it, never a resolved path.
  */
-import { lstatSync, readFileSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { existsSync, lstatSync, realpathSync, statSync, type Stats } from 'node:fs';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { PeftError } from '../errors.js';
 import { ApiError } from './openai.js';
+import { readJsonObject } from '../io/files.js';
 
 /** An adapter directory the server may load. */
 export interface AdapterRef {
@@ -136,20 +137,8 @@ export function adapterDirSource(dir: string): AdapterSource {
  */
 export function trainedQuantize(adapterDir: string): string | undefined {
   const file = join(adapterDir, 'train_args.json');
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new PeftError('cannot read the file', { file, found: (e as NodeJS.ErrnoException).code });
-  }
-  let a: unknown;
-  try {
-    a = JSON.parse(text);
-  } catch {
-    throw new PeftError('invalid JSON', { file });
-  }
-  if (typeof a !== 'object' || a === null || Array.isArray(a)) throw new PeftError('not a JSON object', { file });
+  if (!existsSync(file)) return undefined;
+  const a = readJsonObject(file, { what: 'the train_args.json of a peft train run' });
   const { method, quantType } = a as Record<string, unknown>;
   if (method !== undefined && typeof method !== 'string') throw new PeftError('wrong type', { file, field: 'method', expected: 'a string' });
   if (method !== 'qlora') return undefined;

@@ -107,6 +107,14 @@ describe('gradient checks (finite differences)', () => {
     gradcheck([q, k, v], () => attention(q, k, v, { B, Tq, Tk, Hq, Hkv, D, causal: true, keyMask }));
   });
 
+  it('attention: head_dim 64 (the avx512 register-kernel path), grouped-query, causal, padding, two query blocks', () => {
+    const B = 2, T = 70, Hq = 4, Hkv = 2, D = 64;
+    const q = param([B * T, Hq * D], r), k = param([B * T, Hkv * D], r), v = param([B * T, Hkv * D], r);
+    const keyMask = new Uint8Array(B * T).fill(1);
+    keyMask[T + 3] = 0;
+    gradcheck([q, k, v], () => attention(q, k, v, { B, Tq: T, Tk: T, Hq, Hkv, D, causal: true, keyMask }), { samples: 16 });
+  });
+
   it('attention: packed segments and an additive mask', () => {
     const B = 1, T = 6, H = 2, D = 4;
     const q = param([T, H * D], r), k = param([T, H * D], r), v = param([T, H * D], r);
