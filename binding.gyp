@@ -10,6 +10,7 @@
         "native/gemm/kernel_avx2.cc",
         "native/gemm/kernel_avx512.cc",
         "native/gemm/kernel_avx512_bf16.cc",
+        "native/gemm/kernel_amx.cc",
         "native/cpu_features.cc",
         "native/ops/norm.cc",
         "native/ops/rope.cc",

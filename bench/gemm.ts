@@ -2,7 +2,9 @@
  * SGEMM benchmark: our native GEMM at every kernel level this CPU has (avx512, avx2, generic —
  * each in a child process with PEFT_KERNELS) next to numpy's OpenBLAS, from one invocation, on 1
  * and 2 threads, for 1024³ and the SmolLM-135M-like shapes 1024×576×1536 and 1024×576×49152
- * (M×K×N), plus the overhead of tiny native calls.
+ * (M×K×N), plus the overhead of tiny native calls. Where the CPU has them, the bf16 compute GEMM
+ * (`gemmBf16Dot`: float32 A rounded to bf16 times a bf16 B, float32 sums — `--compute-dtype bf16`)
+ * gets columns too: VDPBF16PS (PEFT_KERNELS=avx512) and AMX tiles (PEFT_KERNELS=amx), same shapes.
  *
  * The OpenBLAS column runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from its
  * environment (a machine setting OPENBLAS_CORETYPE=Haswell would otherwise force its AVX2
@@ -11,13 +13,14 @@
  * CPU-time figure is the steadier one, and the load average is printed with the table.
  *
  * Run: npm run bench:gemm   (the numpy column needs .venv-ref; see scripts/setup-ref-venv.sh)
- *      npm run bench:gemm -- --levels avx512   (only some levels; --threads 1)
+ *      npm run bench:gemm -- --levels avx512   (only some levels; --threads 1; --bf16 0 skips bf16)
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { native } from '../src/native/index.js';
+import { toBf16Bits } from '../src/models/compute-dtype.js';
 
 const shapes: Array<[number, number, number]> = [
   [1024, 1024, 1024],
@@ -27,18 +30,21 @@ const shapes: Array<[number, number, number]> = [
 
 type Rate = { wall: number; cpu: number };
 
-function best(M: number, N: number, K: number, threads: number, runs = 7, minTime = 0.25): Rate {
+function best(M: number, N: number, K: number, threads: number, bf16: boolean, runs = 7, minTime = 0.25): Rate {
   const A = Float32Array.from({ length: M * K }, (_, i) => Math.sin(i));
   const B = Float32Array.from({ length: K * N }, (_, i) => Math.cos(i));
+  const Bh = bf16 ? toBf16Bits(B) : null;
   const C = new Float32Array(M * N);
-  native.gemm(false, false, M, N, K, 1, A, K, B, N, 0, C, N);
+  const call = Bh ? () => native.gemmBf16Dot(false, false, M, N, K, 1, A, K, Bh, N, 0, C, N)
+    : () => native.gemm(false, false, M, N, K, 1, A, K, B, N, 0, C, N);
+  call();
   const r: Rate = { wall: 0, cpu: 0 };
   for (let i = 0; i < runs; i++) {
     let n = 0;
     const t0 = performance.now(), c0 = process.cpuUsage();
     let dt = 0;
     do {
-      native.gemm(false, false, M, N, K, 1, A, K, B, N, 0, C, N);
+      call();
       n++;
       dt = (performance.now() - t0) / 1000;
     } while (dt < minTime);
@@ -58,14 +64,15 @@ function arg(name: string): string | undefined {
 if (process.argv.includes('--child')) {
   const threads = Number(arg('--threads'));
   native.setNumThreads(threads);
-  const out = shapes.map(([M, N, K]) => best(M, N, K, threads));
-  console.log(JSON.stringify({ kernel: native.kernelName(), rates: out }));
+  const bf16 = process.argv.includes('--bf16-child');
+  const out = shapes.map(([M, N, K]) => best(M, N, K, threads, bf16));
+  console.log(JSON.stringify({ kernel: bf16 ? native.kernelInfo().bf16Kernel : native.kernelName(), rates: out }));
   process.exit(0);
 }
 
-function ours(level: string, threads: number): { kernel: string; rates: Rate[] } | null {
+function ours(level: string, threads: number, bf16 = false): { kernel: string; rates: Rate[] } | null {
   const me = fileURLToPath(import.meta.url);
-  const r = spawnSync(process.execPath, ['--import', 'tsx', me, '--child', '--threads', String(threads)], {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', me, '--child', '--threads', String(threads), ...(bf16 ? ['--bf16-child'] : [])], {
     encoding: 'utf8',
     env: { ...process.env, PEFT_KERNELS: level },
   });
@@ -95,9 +102,16 @@ const available = ['avx512', 'avx2', 'generic'].filter((l) => l !== 'avx512' || 
   .filter((l) => l !== 'avx2' || (info.cpu.avx2 && info.cpu.fma));
 const levels = (arg('--levels') ?? available.filter((l) => l !== 'generic').join(',')).split(',').filter((l) => available.includes(l));
 const threadList = (arg('--threads') ?? '1,2').split(',').map(Number);
+// bf16 compute GEMM kernels: VDPBF16PS at the avx512 level, AMX tiles at the amx level
+const bf16Levels = arg('--bf16') === '0' ? [] : [
+  ...(available.includes('avx512') && info.cpu.avx512_bf16 ? ['avx512'] : []),
+  ...(available.includes('avx512') && info.cpu.avx512_bf16 && info.cpu.amx_tile && info.cpu.amx_bf16 ? ['amx'] : []),
+];
+const bf16Name: Record<string, string> = { avx512: 'bf16 VDPBF16PS', amx: 'bf16 AMX' };
 console.log(`CPU flags: ${flags}; load average before: ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
 const fmt = (r: Rate | undefined) => (r ? `${r.wall.toFixed(0)} / ${r.cpu.toFixed(0)}` : 'n/a');
-const header = ['shape M×K×N', 'threads', ...levels.map((l) => `${l} wall / cpu`), 'OpenBLAS wall / cpu', ...levels.map((l) => `${l}/OpenBLAS (cpu)`)];
+const header = ['shape M×K×N', 'threads', ...levels.map((l) => `${l} wall / cpu`), 'OpenBLAS wall / cpu', ...levels.map((l) => `${l}/OpenBLAS (cpu)`),
+  ...bf16Levels.map((l) => `${bf16Name[l]} wall / cpu`)];
 const rows: string[] = [];
 let blasName = 'n/a';
 const kernels: string[] = [];
@@ -105,11 +119,12 @@ for (const threads of threadList) {
   const ref = openblas(threads);
   if (ref) blasName = ref.blas;
   const mine = levels.map((l) => ours(l, threads));
-  for (const m of mine) if (m && !kernels.includes(m.kernel)) kernels.push(m.kernel);
+  const mineBf16 = bf16Levels.map((l) => ours(l, threads, true));
+  for (const m of [...mine, ...mineBf16]) if (m && !kernels.includes(m.kernel)) kernels.push(m.kernel);
   shapes.forEach(([M, N, K], s) => {
     const theirs = ref?.rates[s];
     const cells = [`${M}×${K}×${N}`, String(threads), ...mine.map((m) => fmt(m?.rates[s])), fmt(theirs),
-      ...mine.map((m) => (m && theirs ? (m.rates[s].cpu / theirs.cpu).toFixed(2) : 'n/a'))];
+      ...mine.map((m) => (m && theirs ? (m.rates[s].cpu / theirs.cpu).toFixed(2) : 'n/a')), ...mineBf16.map((m) => fmt(m?.rates[s]))];
     rows.push(`| ${cells.join(' | ')} |`);
   });
 }

@@ -99,7 +99,7 @@ if (argv[0] === '--run-case') {
   const ratio = (a: Record<string, number | string> | null, b: Record<string, number | string> | null): string =>
     (a && b ? (Number(a.cpu_tokens_per_second) / Number(b.cpu_tokens_per_second)).toFixed(2) : 'n/a');
   const info = native.kernelInfo();
-  console.log(`kernels: ${info.gemm} (level ${info.level}, bf16 dot ${info.bf16Dot}); CPU flags: ${Object.entries(info.cpu).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
+  console.log(`kernels: ${info.gemm} (level ${info.level}, bf16 GEMM ${info.bf16Kernel}); CPU flags: ${Object.entries(info.cpu).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
   console.log(`threads: 2 (both); steps measured: ${steps} after ${warmup} warm-up; load average before: ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
   console.log('tok/s given as wall / per CPU-second (tokens ÷ (CPU s / threads)); ratios use the CPU-second figures\n');
   console.log('| case | batch | peft-ts tok/s | PyTorch eager f32 tok/s | PyTorch autocast bf16 tok/s | vs eager f32 | vs autocast bf16 | peft-ts peak RSS | PyTorch f32 / bf16 peak RSS |');

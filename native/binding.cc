@@ -99,7 +99,7 @@ Napi::Value KernelName(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), peft::gemm_kernel_name());
 }
 
-// {level, gemm, bf16Dot, envInvalid, cpu: {avx2, fma, ...}}: what the CPU-feature probe found and
+// {level, gemm, bf16Dot, bf16Kernel, envInvalid, cpu: {avx2, fma, ...}}: what the CPU-feature probe found and
 // what PEFT_KERNELS left in use.
 Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -114,10 +114,13 @@ Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   cpu.Set("avx512dq", f.avx512dq);
   cpu.Set("avx512_vnni", f.avx512_vnni);
   cpu.Set("avx512_bf16", f.avx512_bf16);
+  cpu.Set("amx_tile", f.amx_tile);
+  cpu.Set("amx_bf16", f.amx_bf16);
   Napi::Object o = Napi::Object::New(env);
-  o.Set("level", peft::kernel_level_name(peft::kernel_level()));
+  o.Set("level", peft::kernel_level_label());
   o.Set("gemm", peft::gemm_kernel_name());
   o.Set("bf16Dot", peft::bf16_dot_available());
+  o.Set("bf16Kernel", peft::gemm_bf16_kernel_name());
   o.Set("rowops", peft::row_ops().name);
   o.Set("envInvalid", peft::kernel_env_invalid());
   o.Set("cpu", cpu);
@@ -183,7 +186,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
 }
 
 // gemmBf16Dot(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); B: Uint16Array (bfloat16
-// bits) multiplied with VDPBF16PS, A rounded to bf16 (see gemm.h gemm_bf16_dot). transA must be false.
+// bits) multiplied with AMX TDPBF16PS or VDPBF16PS, A rounded to bf16 (see gemm.h gemm_bf16_dot). transA must be false.
 // Throws when the CPU (or PEFT_KERNELS) does not allow the bf16 dot-product path.
 Napi::Value GemmBf16Dot(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

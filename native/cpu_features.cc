@@ -8,6 +8,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace peft {
 namespace {
@@ -18,12 +22,30 @@ uint64_t xgetbv0() {
   __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
   return (static_cast<uint64_t>(edx) << 32) | eax;
 }
+
+// Linux >= 5.16 keeps AMX tile data disabled until a process asks for it (the 8 KiB XTILEDATA state
+// then joins its signal frames): ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, confirmed with
+// ARCH_GET_XCOMP_PERM (Documentation/arch/x86/xstate.rst). Asked once per process, from the probe.
+bool request_amx_permission() {
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr long ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+  unsigned long mask = 0;
+  if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &mask) == 0 && (mask >> XFEATURE_XTILEDATA) & 1) return true;
+  if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return false;
+  mask = 0;
+  return syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &mask) == 0 && ((mask >> XFEATURE_XTILEDATA) & 1);
+#else
+  return false;  // other OSes: no AMX path (not verified there)
+#endif
+}
 #endif
 
 CpuFeatures probe() {
   CpuFeatures f;
 #if defined(__x86_64__) || defined(__i386__)
   unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
+  f.intel = b == 0x756e6547 && d == 0x49656e69 && c == 0x6c65746e;  // "Genu" "ineI" "ntel"
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
   bool fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
@@ -45,6 +67,11 @@ CpuFeatures probe() {
     f.avx512vl = (b >> 31) & 1;
     f.avx512_vnni = (c >> 11) & 1;
     unsigned max_sub = a;
+    bool amx_os = ((xcr0 >> 17) & 3) == 3;  // XTILECFG and XTILEDATA state enabled
+    if (amx_os && ((d >> 24) & 1) && ((d >> 22) & 1) && request_amx_permission()) {
+      f.amx_tile = true;
+      f.amx_bf16 = true;
+    }
     if (max_sub >= 1) {
       __cpuid_count(7, 1, a, b, c, d);
       f.avx512_bf16 = (a >> 5) & 1;
@@ -70,7 +97,7 @@ const CpuFeatures& cpu_features() {
 bool kernel_env_invalid() {
   const char* e = std::getenv("PEFT_KERNELS");
   if (!e || !*e) return false;
-  return std::strcmp(e, "avx512") && std::strcmp(e, "avx2") && std::strcmp(e, "generic");
+  return std::strcmp(e, "amx") && std::strcmp(e, "avx512") && std::strcmp(e, "avx2") && std::strcmp(e, "generic");
 }
 
 KernelLevel kernel_level() {
@@ -95,6 +122,20 @@ const char* kernel_level_name(KernelLevel l) {
 
 bool bf16_dot_available() {
   return kernel_level() == KernelLevel::Avx512 && cpu_features().avx512_bf16;
+}
+
+bool amx_bf16_available() {
+  static const bool a = [] {
+    const char* e = std::getenv("PEFT_KERNELS");
+    bool allowed = !e || !*e || !std::strcmp(e, "amx");
+    const CpuFeatures& f = cpu_features();
+    return allowed && bf16_dot_available() && f.amx_tile && f.amx_bf16;
+  }();
+  return a;
+}
+
+const char* kernel_level_label() {
+  return amx_bf16_available() ? "amx" : kernel_level_name(kernel_level());
 }
 
 }  // namespace peft

@@ -59,10 +59,11 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
            bool parallel = true);
 
-// C[M,N] = alpha * A[M,K] * op(B)[K,N] + beta * C with a bfloat16 B multiplied by VDPBF16PS: A is
-// rounded to bf16 (nearest even) for the product, sums are float32 (PyTorch CPU autocast's bf16
-// matmul numerics). B is [K, N] (ldb) or, when trans_b, [N, K]. Returns false and does nothing
-// when bf16_dot_available() is false (no AVX512_BF16, or PEFT_KERNELS below avx512).
+// C[M,N] = alpha * A[M,K] * op(B)[K,N] + beta * C with a bfloat16 B multiplied by AMX TDPBF16PS
+// where amx_bf16_available() (kernel_amx.cc), else by VDPBF16PS: A is rounded to bf16 (nearest
+// even) for the product, sums are float32 (PyTorch CPU autocast's bf16 matmul numerics). B is
+// [K, N] (ldb) or, when trans_b, [N, K]. Returns false and does nothing when bf16_dot_available()
+// is false (no AVX512_BF16, or PEFT_KERNELS below avx512).
 bool gemm_bf16_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const uint16_t* B,
                    int64_t ldb, bool trans_b, float beta, float* C, int64_t ldc, bool parallel = true);
 
@@ -71,5 +72,7 @@ void dequantize_q4(const Q4Matrix& q4, float* out);
 
 // Name of the micro-kernel chosen at run time ("avx2-fma-6x16" or "generic-6x16").
 const char* gemm_kernel_name();
+// The kernel behind gemm_bf16_dot: "amx-bf16-tiles", "avx512-bf16-dot" or "none".
+const char* gemm_bf16_kernel_name();
 
 }  // namespace peft

@@ -3,8 +3,9 @@
  *
  * 'bf16': every frozen linear weight (the base q/k/v/o/gate/up/down and lm_head that no adapter
  * trains) is stored as bfloat16 (float32 weights rounded to nearest even) and multiplied with
- * AVX512_BF16's VDPBF16PS: the activations are rounded to bf16 for the product and the products
- * are summed in float32 — the numerics of `torch.autocast("cpu", dtype=torch.bfloat16)` for
+ * Intel AMX tiles (TDPBF16PS) where the CPU has AMX-BF16, else AVX512_BF16's VDPBF16PS
+ * (`native.kernelInfo().bf16Kernel` says which; PEFT_KERNELS=avx512 turns AMX off): the activations
+ * are rounded to bf16 for the product and the products are summed in float32 — the numerics of `torch.autocast("cpu", dtype=torch.bfloat16)` for
  * matmuls. Trainable parts (LoRA A/B, adapters, modules_to_save copies), norms, embeddings,
  * attention, the loss and the optimizer stay float32; 4-bit (QLoRA) bases keep their own path.
  * Both the forward product x·Wᵀ and the input gradient dY·W use the bf16 path.

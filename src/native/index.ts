@@ -66,18 +66,28 @@ export type ActName = keyof typeof Act;
 type F32 = Float32Array;
 type Nullable<T> = T | null;
 
-/** CPU features and the kernel level in use (PEFT_KERNELS=avx512|avx2|generic caps it). */
+/**
+ * CPU features and the kernel level in use (PEFT_KERNELS=amx|avx512|avx2|generic caps it; `amx` is
+ * the avx512 level plus Intel AMX tiles for the bf16 GEMM, `avx512` the same without AMX).
+ */
 export interface KernelInfo {
-  level: 'avx512' | 'avx2' | 'generic';
+  level: 'amx' | 'avx512' | 'avx2' | 'generic';
   /** GEMM micro-kernel name, e.g. "avx512-14x32". */
   gemm: string;
-  /** VDPBF16PS usable (AVX512_BF16 and the avx512 level). */
+  /** bf16 compute usable: VDPBF16PS (AVX512_BF16 and the avx512 or amx level). */
   bf16Dot: boolean;
+  /**
+   * The kernel behind gemmBf16Dot: 'amx-bf16-tiles' (AMX TDPBF16PS, level amx),
+   * 'avx512-bf16-dot' (VDPBF16PS) or 'none'.
+   */
+  bf16Kernel: 'amx-bf16-tiles' | 'avx512-bf16-dot' | 'none';
   /** Row-kernel table in use (softmax, SwiGLU, RMSNorm, RoPE, AdamW; native/ops/rowops.h): "avx512", "avx2" or "generic". */
   rowops: string;
-  /** PEFT_KERNELS holds something other than avx512, avx2, generic. */
+  /** PEFT_KERNELS holds something other than amx, avx512, avx2, generic. */
   envInvalid: boolean;
-  cpu: Record<'avx2' | 'fma' | 'f16c' | 'avx512f' | 'avx512bw' | 'avx512vl' | 'avx512dq' | 'avx512_vnni' | 'avx512_bf16', boolean>;
+  /** amx_tile/amx_bf16: present, enabled in XCR0 and (Linux) permitted by the kernel. */
+  cpu: Record<'avx2' | 'fma' | 'f16c' | 'avx512f' | 'avx512bw' | 'avx512vl' | 'avx512dq' | 'avx512_vnni' | 'avx512_bf16' |
+    'amx_tile' | 'amx_bf16', boolean>;
 }
 
 export interface NativeAddon {
@@ -91,7 +101,8 @@ export interface NativeAddon {
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: F32, lda: number,
     B: F32 | Uint16Array, ldb: number, beta: number, C: F32, ldc: number): void;
   /**
-   * C[M,N] = alpha·A·op(B) + beta·C with B bfloat16 bits multiplied by VDPBF16PS: A rounded to bf16
+   * C[M,N] = alpha·A·op(B) + beta·C with B bfloat16 bits multiplied by AMX TDPBF16PS or VDPBF16PS
+   * (kernelInfo().bf16Kernel says which): A rounded to bf16
    * (nearest even), products summed in float32. transA must be false. Throws a RangeError where
    * kernelInfo().bf16Dot is false.
    */
@@ -158,5 +169,5 @@ const require = createRequire(import.meta.url);
 export const native: NativeAddon = require(findAddon()) as NativeAddon;
 
 if (native.kernelInfo().envInvalid)
-  throw new PeftError('unknown kernel family', { field: 'PEFT_KERNELS', expected: 'avx512, avx2 or generic', found: JSON.stringify(process.env.PEFT_KERNELS) });
+  throw new PeftError('unknown kernel family', { field: 'PEFT_KERNELS', expected: 'amx, avx512, avx2 or generic', found: JSON.stringify(process.env.PEFT_KERNELS) });
 if (process.env.PEFT_NUM_THREADS) native.setNumThreads(Number(process.env.PEFT_NUM_THREADS));

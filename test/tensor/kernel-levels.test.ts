@@ -1,12 +1,14 @@
 /**
- * Every kernel level this CPU can run (generic always; avx2 and avx512 when the CPU-feature probe
- * reports them), each forced with PEFT_KERNELS in a child process: GEMM with float32, bfloat16 and
- * 4-bit (NF4, plain and double-quantized absmax) weights in every transpose combination, alpha/beta
- * and ragged edges, against a float64 reference; the row kernels of that level (SwiGLU, RMSNorm,
- * RoPE, cross-entropy's softmax, AdamW) and attention forward/backward (GQA, causal, head_dim 64
- * and an odd one, padding, packed segments, a sliding window) against float64 references; and the stories260K
- * logits against transformers'.
- * On a machine without AVX-512 the avx512 case is skipped (and the level caps to what the CPU has).
+ * Every kernel level this CPU can run (generic always; avx2, avx512 and amx when the CPU-feature
+ * probe reports them), each forced with PEFT_KERNELS in a child process: GEMM with float32, bfloat16
+ * and 4-bit (NF4, plain and double-quantized absmax) weights in every transpose combination,
+ * alpha/beta and ragged edges, against a float64 reference; the bf16 compute GEMM (gemmBf16Dot: AMX
+ * tiles at the amx level, VDPBF16PS at avx512) against the float64 product of the bf16-rounded
+ * operands, with NaN propagation; the row kernels of that level (SwiGLU, RMSNorm, RoPE,
+ * cross-entropy's softmax, AdamW) and attention forward/backward (GQA, causal, head_dim 64 and an
+ * odd one, padding, packed segments, a sliding window) against float64 references; and the
+ * stories260K logits against transformers'. Levels the CPU lacks are skipped (and the level caps to
+ * what the CPU has).
  */
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
@@ -66,12 +68,43 @@ function check(M, N, K, ta, tb, kind, alpha, beta) {
     worst = Math.max(worst, Math.abs(C[i * N + j] - want) / (Math.abs(alpha) * mag + Math.abs(beta) + 1));
   }
 }
-for (const [M, N, K] of [[7, 33, 300], [50, 17, 9], [29, 70, 130], [15, 40, 1]]) for (const ta of [false, true]) for (const tb of [false, true])
+// [20, 45, 1300]: K over every level's K block (384 for 6x16, 256 / 640 for the 14x32 variants),
+// so later K blocks accumulate into C (beta applied once); N <= 16 with M > 8: the AVX-512 skinny-N
+// paths (row dot products without packing, or the transposed product when op(A) is transposed)
+for (const [M, N, K] of [[7, 33, 300], [50, 17, 9], [29, 70, 130], [15, 40, 1], [20, 45, 1300], [37, 8, 300], [70, 13, 45], [66, 16, 40]]) for (const ta of [false, true]) for (const tb of [false, true])
   for (const kind of ['f32', 'bf16', 'q4', 'q4dq']) {
     if (kind.startsWith('q4') && (ta || (M * K) % 2)) continue;
     check(M, N, K, ta, tb, kind, 1, 0);
     check(M, N, K, ta, tb, kind, 0.5, 0.25);
   }
+// gemmBf16Dot against the float64 product of bf16-rounded operands: ragged M, N, K (K = 1100 spans two
+// K blocks of the AMX path), both weight layouts, alpha/beta incl. the alpha 1 / beta 0 or 1 case that
+// accumulates in C directly; then a NaN in A reaches exactly its row of C.
+let bf16Dot = null;
+if (native.kernelInfo().bf16Dot) {
+  // float32 -> bf16 -> float64, round to nearest even (finite inputs)
+  const round = (x) => { const u = new Uint32Array(new Float32Array([x]).buffer)[0]; return fromBf16(((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff); };
+  let w = 0;
+  for (const [M, N, K] of [[7, 33, 300], [50, 17, 9], [29, 70, 131], [15, 40, 1], [33, 40, 1100], [64, 64, 64], [33, 80, 70]]) for (const tb of [false, true])
+    for (const [alpha, beta] of [[1, 0], [1, 1], [0.5, 0.25]]) {
+      const A = Float32Array.from({ length: M * K }, (_, i) => Math.sin(i * 1.3));
+      const B = Uint16Array.from({ length: K * N }, (_, i) => bf16(Math.cos(i * 0.7)));
+      const Ab = Float64Array.from(A, round), Bd = Float64Array.from(B, fromBf16);
+      const C = Float32Array.from({ length: M * N }, (_, i) => Math.sin(i * 0.1)), C0 = C.slice();
+      native.gemmBf16Dot(false, tb, M, N, K, alpha, A, K, B, tb ? K : N, beta, C, N);
+      for (let i = 0; i < M; i++) for (let j = 0; j < N; j++) {
+        let s = 0, mag = 0;
+        for (let k = 0; k < K; k++) { const p = Ab[i * K + k] * Bd[tb ? j * K + k : k * N + j]; s += p; mag += Math.abs(p); }
+        w = Math.max(w, Math.abs(C[i * N + j] - (alpha * s + beta * C0[i * N + j])) / (Math.abs(alpha) * mag + Math.abs(beta) + 1));
+      }
+    }
+  const A = new Float32Array(40 * 40).fill(1);
+  A[1 * 40 + 5] = NaN;
+  const C = new Float32Array(40 * 64);
+  native.gemmBf16Dot(false, true, 40, 64, 40, 1, A, 40, new Uint16Array(64 * 40).fill(bf16(0.5)), 40, 0, C, 64);
+  const nanRowOnly = C.every((v, i) => (Math.floor(i / 64) === 1 ? Number.isNaN(v) : v === 20));
+  bf16Dot = { worst: w, nanRowOnly };
+}
 // ---- row kernels and attention against float64; err = |got − want| / (|want| + 1) per element, max
 const rowErr = {};
 const note = (name, got, want, scaleBy = 1) => {
@@ -217,27 +250,38 @@ const fx = ${JSON.stringify(join(ROOT, 'test/fixtures/stories260K'))};
 const ids = Int32Array.from(readJson(fx + '/fixture.json').input_ids);
 const m = loadModel(${JSON.stringify(join(ROOT, 'models/stories260K'))});
 const logits = noGrad(() => withArena(() => lmLogits(m, forwardHidden(m, { ids, B: 1, T: ids.length }).hidden).data.slice()));
-console.log(JSON.stringify({ info: native.kernelInfo(), gemm: worst, rowErr, logits: maxAbsDiff(logits, readTensors(fx + '/base_logits.safetensors').get('logits').data) }));
+console.log(JSON.stringify({ info: native.kernelInfo(), gemm: worst, bf16Dot, rowErr, logits: maxAbsDiff(logits, readTensors(fx + '/base_logits.safetensors').get('logits').data) }));
 `;
 
 const cpu = native.kernelInfo().cpu;
-const levels: Array<{ level: 'generic' | 'avx2' | 'avx512'; gemm: string; available: boolean }> = [
-  { level: 'generic', gemm: 'generic-6x16', available: true },
-  { level: 'avx2', gemm: 'avx2-fma-6x16', available: cpu.avx2 && cpu.fma },
-  { level: 'avx512', gemm: 'avx512-14x32', available: cpu.avx2 && cpu.fma && cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512dq },
+const avx512 = cpu.avx2 && cpu.fma && cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512dq;
+// amx is the avx512 level (same f32 GEMM and row kernels) plus AMX tiles for the bf16 GEMM. The
+// AVX-512 level has two 14x32 f32 micro-kernels (embedded vs register broadcast of A, chosen by CPU
+// vendor: register broadcast on Intel); PEFT_AVX512_BCAST forces each so both are checked on any
+// AVX-512 machine (AMX implies Intel, so amx runs the register-broadcast one).
+const levels: Array<{ level: 'generic' | 'avx2' | 'avx512' | 'amx'; gemm: string; rowops: string; bf16Kernel: string; available: boolean; env?: Record<string, string> }> = [
+  { level: 'generic', gemm: 'generic-6x16', rowops: 'generic', bf16Kernel: 'none', available: true },
+  { level: 'avx2', gemm: 'avx2-fma-6x16', rowops: 'avx2', bf16Kernel: 'none', available: cpu.avx2 && cpu.fma },
+  { level: 'avx512', gemm: 'avx512-14x32', rowops: 'avx512', bf16Kernel: cpu.avx512_bf16 ? 'avx512-bf16-dot' : 'none', available: avx512, env: { PEFT_AVX512_BCAST: '0' } },
+  { level: 'avx512', gemm: 'avx512-14x32-bcast', rowops: 'avx512', bf16Kernel: cpu.avx512_bf16 ? 'avx512-bf16-dot' : 'none', available: avx512, env: { PEFT_AVX512_BCAST: '1' } },
+  { level: 'amx', gemm: 'avx512-14x32-bcast', rowops: 'avx512', bf16Kernel: 'amx-bf16-tiles', available: avx512 && cpu.avx512_bf16 && cpu.amx_tile && cpu.amx_bf16 },
 ];
 
 describe('kernel levels (PEFT_KERNELS)', () => {
   const f = join(mkdtempSync(join(tmpdir(), 'peft-levels-')), 'check.ts');
   writeFileSync(f, script);
   for (const l of levels) {
-    it.skipIf(!l.available)(`GEMM (f32/bf16/NF4), row kernels, attention and the stories260K logits are right with PEFT_KERNELS=${l.level}`, () => {
-      const r = spawnSync(process.execPath, ['--import', 'tsx', f], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PEFT_KERNELS: l.level } });
+    it.skipIf(!l.available)(`GEMM (f32/bf16/NF4, bf16 compute), row kernels, attention and the stories260K logits are right with PEFT_KERNELS=${l.level} (${l.gemm})`, () => {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', f], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PEFT_KERNELS: l.level, ...l.env } });
       expect(r.status, r.stderr).toBe(0);
       const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
       expect(out.info.level).toBe(l.level);
       expect(out.info.gemm).toBe(l.gemm);
-      expect(out.info.rowops).toBe(l.level);
+      expect(out.info.bf16Kernel).toBe(l.bf16Kernel);
+      if (l.bf16Kernel === 'none') expect(out.bf16Dot).toBeNull();
+      else expect(out.bf16Dot).toEqual({ worst: expect.any(Number), nanRowOnly: true });
+      if (out.bf16Dot) expect(out.bf16Dot.worst).toBeLessThan(1e-6);
+      expect(out.info.rowops).toBe(l.rowops);
       expect(out.gemm).toBeLessThan(2e-6);
       // float32 rounding of a few operations plus the polynomial exp (~2e-7 relative); the row
       // reductions (RMSNorm over 576, softmax over 49152) sum in float32 lanes
@@ -251,6 +295,6 @@ describe('kernel levels (PEFT_KERNELS)', () => {
   it('an unknown PEFT_KERNELS value is refused with a clear error', () => {
     const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', `import(${JSON.stringify(join(ROOT, 'src/native/index.ts'))})`], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PEFT_KERNELS: 'sse9' } });
     expect(r.status).not.toBe(0);
-    expect(r.stderr).toMatch(/PEFT_KERNELS: unknown kernel family \(expected avx512, avx2 or generic, found "sse9"\)/);
+    expect(r.stderr).toMatch(/PEFT_KERNELS: unknown kernel family \(expected amx, avx512, avx2 or generic, found "sse9"\)/);
   });
 });
