@@ -37,6 +37,13 @@ export function headNorm(model: CausalLM, n: Norm, x: Tensor, heads: number): Te
 }
 
 /**
+ * Roles of a layer's linear modules that {@link attentionBlock} (q, k, v) and {@link gatedMlp}
+ * (gate, up) run on the same input tensor — adapters may fuse products over such a group (LoRA's
+ * A matrices). Only a grouping hint: a consumer must still check that the inputs are the same tensor.
+ */
+export const SHARED_INPUT_ROLES: readonly (readonly string[])[] = [['q', 'k', 'v'], ['gate', 'up']];
+
+/**
  * Self-attention of normalised input h: q/k/v projections (roles q, k, v), optional per-head
  * q_norm/k_norm (before RoPE, as Qwen3 and Gemma 3), RoPE when the layer has it, attention with the
  * layer's window and the config's scale/soft-cap, and the output projection (role o).

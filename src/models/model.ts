@@ -13,7 +13,8 @@
  */
 import { native } from '../native/index.js';
 import {
-  add, attention, checkpoint, concatSeq, crossEntropy as crossEntropyOf, embedding, linear, linearCrossEntropy, ropeTable, scale, softcap, Tensor,
+  add, attention, checkpoint, chunkedCrossEntropy, concatSeq, crossEntropy as crossEntropyOf, defaultChunkRows, embedding, linear, linearCrossEntropy,
+  ropeTable, scale, softcap, Tensor,
   type LossResult, type RopeTable, type Weight,
 } from '../tensor/index.js';
 import type { KVCache } from '../generate/kv-cache.js';
@@ -363,15 +364,24 @@ export function lmLogits(model: CausalLM, hidden: Tensor, ctx: ForwardContext = 
 
 /**
  * Next-token loss for labels [rows] aligned with hidden rows (label r is the target predicted at
- * row r; −100 = ignored). Uses the fused chunked head + cross-entropy unless the head has hooks
- * or the logits are soft-capped.
+ * row r; −100 = ignored), never holding the [rows, vocab] logits whole: a plain head (soft-capped
+ * or not) uses the fused chunked head + cross-entropy (linearCrossEntropy); a head with PEFT hooks
+ * (LoRA or IA3 on lm_head, a modules_to_save copy) runs its hooks chunk by chunk
+ * (chunkedCrossEntropy). The hooked head falls back to whole logits when rows use different
+ * adapters (ctx.rowAdapters) or its hooks draw dropout masks (lora_dropout on lm_head while
+ * training: chunking would change the masks). `chunkRows`: rows per chunk (default: 16 Mi logits).
  */
 export function lmLoss(model: CausalLM, hidden: Tensor, labels: Int32Array, gradScale: number,
-  ctx: ForwardContext = defaultContext()): LossResult {
+  ctx: ForwardContext = defaultContext(), chunkRows = defaultChunkRows(model.lmHead.outFeatures)): LossResult {
   const head = model.lmHead;
-  if (head.pre.length === 0 && head.post.length === 0 && model.config.finalSoftcap === null)
-    return linearCrossEntropy(hidden, head.weight, head.bias, labels, gradScale);
-  // hooked head (e.g. LoRA on lm_head) or soft-capped logits: materialise logits
+  if (head.pre.length === 0 && head.post.length === 0)
+    return linearCrossEntropy(hidden, head.weight, head.bias, labels, gradScale, chunkRows, model.config.finalSoftcap);
+  if (!ctx.rowAdapters) {
+    const start = ctx.dropoutCalls;
+    const r = chunkedCrossEntropy(hidden, labels, gradScale, (h) => lmLogits(model, h, ctx), chunkRows, () => ctx.dropoutCalls !== start);
+    if (r) return r;
+    ctx.dropoutCalls = start;
+  }
   return crossEntropyOf(lmLogits(model, hidden, ctx), labels, gradScale);
 }
 

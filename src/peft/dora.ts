@@ -19,7 +19,7 @@
  * (A·Wᵀ is an [r, out] GEMM that reads W in its storage: float32, bf16 or 4-bit).
  */
 import { native } from '../native/index.js';
-import { allocF32, dropout, gemmWeight, gradOf, linear, noGrad, record, releaseF32, Tensor, weightToF32, type Weight, type WeightData } from '../tensor/index.js';
+import { allocF32, dropout, gemmWeight, gradOf, linear, lowRankDown, lowRankUp, noGrad, record, releaseF32, Tensor, weightToF32, type Weight, type WeightData } from '../tensor/index.js';
 import { addDelta, loraRows, rowsOf, type LoraLayer, type LoraVariant } from './lora.js';
 
 /** ‖W[o]‖² per row of frozen bf16 / 4-bit storage (never changed in place), by storage object. */
@@ -134,12 +134,13 @@ export const doraVariant: LoraVariant = {
     const n = noGrad(() => doraWeightNorm(l));
     l.magnitude = Tensor.param(n, [n.length], false);
   },
-  forward(l, x, y, ctx) {
+  forward(l, x, y, ctx, down) {
     const training = ctx.training && l.dropout > 0;
     const xd = training ? dropout(x, l.dropout, ctx.seed * 1000003 + ctx.dropoutCalls++) : x;
     const n = noGrad(() => doraWeightNorm(l));
-    const lora = linear(linear(xd, { rows: l.r, cols: l.module.inFeatures, data: { kind: 'f32', tensor: l.A } }),
-      { rows: l.module.outFeatures, cols: l.r, data: { kind: 'f32', tensor: l.B } });
+    // A·xᵀ: from the adapter's fused shared-input GEMM (only given when no dropout applies) or its own
+    const d = down ?? { t: lowRankDown(xd, [l.A]), offset: 0 };
+    const lora = lowRankUp(null, d.t, d.offset, l.B, 1);
     const base = training ? linear(xd, l.module.weight) : null;
     return doraCombine(y, base, base ? null : l.module.bias, lora, l.magnitude!, n, l.scaling);
   },

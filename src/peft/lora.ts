@@ -11,8 +11,9 @@ import type { Batch, CausalLM, ForwardContext, LinearModule } from '../models/mo
 import { linearModules, tokenEmbeddings } from '../models/model.js';
 import { native } from '../native/index.js';
 import {
-  allocF32, dropout, f32Weight, gradOf, linear, linearAccumulate, record, Tensor, weightToF32,
+  allocF32, dropout, f32Weight, gradOf, linear, lowRankDown, lowRankUp, record, Tensor, weightToF32,
 } from '../tensor/index.js';
+import { SHARED_INPUT_ROLES } from '../models/layers.js';
 import type { ModelConfig } from '../models/config.js';
 import { parseLoraConfig, type LoraConfig } from './config.js';
 import { isTargeted, moduleSuffixes, patternKey } from './inject.js';
@@ -63,8 +64,11 @@ export interface LoraVariant {
   /**
    * The layer output for the whole batch, differentiable: y is the base output x·Wᵀ + b [rows, out]
    * (the variant may update it in place), x the module input [rows, in] before LoRA dropout.
+   * `down`, when given, holds A·xᵀ already computed: rows [offset, offset + r) of a
+   * {@link lowRankDown} product (the adapter's fused A GEMM of modules sharing x, see
+   * {@link LoraAdapter.fuseSharedInputs}); it is only given when no dropout applies.
    */
-  forward(l: LoraLayer, x: Tensor, y: Tensor, ctx: ForwardContext): Tensor;
+  forward(l: LoraLayer, x: Tensor, y: Tensor, ctx: ForwardContext, down?: LoraDown): Tensor;
   /** Inference on a row range of the batch, in place on y (no gradients). */
   forwardRows(l: LoraLayer, x: Tensor, y: Tensor, rows: RowRange): void;
   /**
@@ -77,16 +81,27 @@ export interface LoraVariant {
   tensors(l: LoraLayer): Array<[string, Tensor]>;
 }
 
+/** Rows [offset, offset + r) of a {@link lowRankDown} product t [R, rows]: one layer's A·xᵀ. */
+export interface LoraDown {
+  t: Tensor;
+  offset: number;
+}
+
+/** The layer's A·(dropout(x))ᵀ [r, rows] (dropout only while training with lora_dropout > 0). */
+export function loraDown(l: LoraLayer, x: Tensor, ctx: ForwardContext): LoraDown {
+  const xd = ctx.training && l.dropout > 0 ? dropout(x, l.dropout, ctx.seed * 1000003 + ctx.dropoutCalls++) : x;
+  return { t: lowRankDown(xd, [l.A]), offset: 0 };
+}
+
 /**
  * Plain LoRA: y + scaling · (dropout(x)·Aᵀ)·Bᵀ (+ scaling · bias_B); merged as W + scaling·B·A.
  */
 export const plainLora: LoraVariant = {
   useDora: false,
   init: () => {},
-  forward(l, x, y, ctx) {
-    const xd = ctx.training && l.dropout > 0 ? dropout(x, l.dropout, ctx.seed * 1000003 + ctx.dropoutCalls++) : x;
-    const xa = linear(xd, f32Weight(l.A));
-    y = linearAccumulate(y, xa, f32Weight(l.B), l.scaling);
+  forward(l, x, y, ctx, down) {
+    const d = down ?? loraDown(l, x, ctx);
+    y = lowRankUp(y, d.t, d.offset, l.B, l.scaling);
     if (l.biasB) y = addScaledBias(y, l.biasB, l.scaling);
     return y;
   },
@@ -144,6 +159,20 @@ export class LoraAdapter implements AdapterMethod {
   readonly loadNotes: string[] = [];
   /** The model config before merge() untied lm_head from embed_tokens (restored by unmerge). */
   private tiedConfig: ModelConfig | null = null;
+  /**
+   * Compute A·xᵀ of this adapter's layers that read the same input (q/k/v, gate/up of a decoder
+   * layer: SHARED_INPUT_ROLES) as one GEMM [A_q; A_k; A_v]·xᵀ → [r_q + r_k + r_v, rows] whenever
+   * no LoRA dropout applies (eval, or lora_dropout = 0) and the layers are unmerged; each module's
+   * B product then reads its row block in place, and backward gives dx and the stacked dA with
+   * one GEMM each. The A tensors stay the per-module parameters (saved, loaded and updated as
+   * before); the stacked copy is made from their current values at each forward. Same outputs
+   * and gradients as separate products up to float rounding. On by default; false = one GEMM per module.
+   */
+  fuseSharedInputs = true;
+  /** Per targeted module: the adapter's layers of its shared-input group (itself included), when ≥ 2. */
+  private readonly groups = new Map<string, LoraLayer[]>();
+  /** The fused A product of a group being run, by the input tensor its modules share. */
+  private readonly fusedA = new WeakMap<Tensor, { t: Tensor; offsets: Map<LoraLayer, number>; left: number }>();
 
   constructor(readonly model: CausalLM, readonly cfg: LoraConfig, seed = 0) {
     // PEFT's default targets come from the architecture family (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
@@ -178,6 +207,13 @@ export class LoraAdapter implements AdapterMethod {
       const layer: LoraLayer = { module: m, r, alpha, scaling, A, B, biasB, dropout: cfg.lora_dropout, merged: false, variant, magnitude: null };
       variant.init(layer);
       this.layers.set(m.name, layer);
+    }
+    for (const layer of model.layers) {
+      for (const roles of SHARED_INPUT_ROLES) {
+        const group = roles.map((r) => layer.linears[r]).filter((m) => m).map((m) => this.layers.get(m.name)).filter((l) => l !== undefined);
+        if (group.length < 2) continue;
+        for (const l of group) this.groups.set(l.module.name, group);
+      }
     }
     for (const name of cfg.modules_to_save ?? []) this.addCopy(name);
     if (cfg.bias !== 'none') {
@@ -285,7 +321,33 @@ export class LoraAdapter implements AdapterMethod {
       l.variant.forwardRows(l, x, y, rows);
       return y;
     }
-    return l.variant.forward(l, x, y, ctx);
+    return l.variant.forward(l, x, y, ctx, this.fusedProduct(l, x, ctx));
+  }
+
+  /**
+   * l's block of the fused [A…]·xᵀ of its shared-input group (computed at the group's first
+   * module, for every member that can use it now), or undefined when l runs its own product.
+   */
+  private fusedProduct(l: LoraLayer, x: Tensor, ctx: ForwardContext): LoraDown | undefined {
+    const group = this.fuseSharedInputs ? this.groups.get(l.module.name) : undefined;
+    const usable = (s: LoraLayer): boolean => !s.merged && !(ctx.training && s.dropout > 0) && s.module.inFeatures === x.cols;
+    if (!group || !usable(l)) return undefined;
+    let e = this.fusedA.get(x);
+    if (!e || !e.offsets.has(l)) {
+      const members = group.filter(usable);
+      if (members.length < 2) return undefined;
+      const offsets = new Map<LoraLayer, number>();
+      let o = 0;
+      for (const s of members) {
+        offsets.set(s, o);
+        o += s.r;
+      }
+      e = { t: lowRankDown(x, members.map((s) => s.A)), offsets, left: members.length };
+      this.fusedA.set(x, e);
+    }
+    const offset = e.offsets.get(l)!;
+    if (--e.left === 0) this.fusedA.delete(x);
+    return { t: e.t, offset };
   }
 
   private replaceRows(x: Tensor, y: Tensor, copy: { weight: Tensor; bias: Tensor | null }, rows: RowRange): Tensor {

@@ -17,6 +17,8 @@ interface Node {
 
 let recording = true;
 let tape: Node[] = [];
+/** While set, leaf (parameter) gradients accumulate here instead of into `.grad` (see withLeafGradsInto). */
+let leafSink: Map<Tensor, Float32Array> | null = null;
 
 /** True when ops should record for backward. */
 export function isRecording(): boolean {
@@ -75,6 +77,11 @@ function root(t: Tensor): Tensor {
  */
 export function gradOf(t: Tensor): Float32Array {
   const r = root(t);
+  if (r.isLeaf && leafSink) {
+    let g = leafSink.get(r);
+    if (!g) leafSink.set(r, (g = new Float32Array(r.size)));
+    return g;
+  }
   if (!r.grad) r.grad = r.isLeaf ? new Float32Array(r.size) : allocF32Like(r.data, r.size, true);
   return r.grad;
 }
@@ -97,6 +104,19 @@ export function backward(out: Tensor, seed?: Float32Array): void {
   } else {
     g.fill(1);
   }
+  propagate();
+}
+
+/**
+ * As {@link backward}, with out's gradient already written by the caller into `gradOf(out)`
+ * (saves a seed buffer the size of out, e.g. a chunk of logits whose gradient the loss kernel wrote).
+ */
+export function backwardFromGrad(out: Tensor): void {
+  if (!root(out).grad) throw new Error('backwardFromGrad: the output has no gradient');
+  propagate();
+}
+
+function propagate(): void {
   const nodes = tape;
   tape = [];
   // an output's gradient is dead once the last (earliest) node producing it has run: return it
@@ -142,6 +162,23 @@ export function withOwnTape<T>(fn: () => T): { value: T; nodes: number } {
     return { value, nodes: tape.length };
   } finally {
     tape = outer;
+  }
+}
+
+/**
+ * Runs fn with every leaf (parameter) gradient it produces accumulated into `sink` (one zeroed
+ * buffer per leaf, created on first use) instead of the leaf's own gradient; restores the previous
+ * mode after. For an op that back-propagates part of the graph eagerly, before the scale of its
+ * own output gradient is known (the chunked loss over a hooked LM head), and adds the sink, scaled,
+ * in its backward.
+ */
+export function withLeafGradsInto<T>(sink: Map<Tensor, Float32Array>, fn: () => T): T {
+  const prev = leafSink;
+  leafSink = sink;
+  try {
+    return fn();
+  } finally {
+    leafSink = prev;
   }
 }
 

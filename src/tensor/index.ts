@@ -1,9 +1,10 @@
 export { Tensor } from './tensor.js';
-export { backward, clearTape, enableGrad, gradIfAny, gradOf, isRecording, noGrad, record } from './autograd.js';
+export { backward, backwardFromGrad, clearTape, enableGrad, gradIfAny, gradOf, isRecording, noGrad, record, withLeafGradsInto } from './autograd.js';
 export { checkpoint, type ReplayState } from './checkpoint.js';
 export { allocF32, poolIdleBytes, releaseF32, trimPool, withArena } from './pool.js';
 export { f32Weight, gemmWeight, weightBytes, weightTensor, weightToF32, type Weight, type WeightData } from './weight.js';
 export { linear, linearAccumulate } from './ops/linear.js';
+export { lowRankDown, lowRankUp } from './ops/low-rank.js';
 export { layernorm, rmsnorm } from './ops/norm.js';
 export { rope, ropeTable, type RopeTable } from './ops/rope.js';
 export { attention, type AttentionOptions } from './ops/attention.js';
@@ -11,5 +12,5 @@ export { activation, dropout, swiglu } from './ops/activation.js';
 export { add, concatSeq, mul, mulFeatures, repeatBatch, scale, softcap } from './ops/elementwise.js';
 export { embedding } from './ops/embedding.js';
 export { splitCols } from './ops/split.js';
-export { crossEntropy, IGNORE_INDEX, linearCrossEntropy, type LossResult } from './ops/loss.js';
+export { chunkedCrossEntropy, crossEntropy, defaultChunkRows, IGNORE_INDEX, linearCrossEntropy, type LossResult } from './ops/loss.js';
 export { fillNormal, gaussian, normalRng, uniformRng } from './random.js';

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   activation, add, attention, backward, concatSeq, crossEntropy, dropout, embedding, f32Weight, layernorm, linear,
-  linearAccumulate, linearCrossEntropy, mulFeatures, noGrad, repeatBatch, rmsnorm, rope, ropeTable, scale, swiglu,
+  linearAccumulate, linearCrossEntropy, lowRankDown, lowRankUp, mulFeatures, noGrad, repeatBatch, rmsnorm, rope, ropeTable, scale, swiglu,
   Tensor, withArena,
 } from '../../src/tensor/index.js';
 
@@ -81,6 +81,28 @@ describe('gradient checks (finite differences)', () => {
       const y = add(y0, linear(z, f32Weight(b)));
       return linearAccumulate(y, x, f32Weight(w), 0.7);
     });
+  });
+
+  it('lowRankDown (stacked A·xᵀ) and lowRankUp in place and into a new tensor (LoRA / DoRA branch)', () => {
+    const x = param([5, 6], r), a1 = param([3, 6], r), a2 = param([2, 6], r), b1 = param([4, 3], r), b2 = param([7, 2], r);
+    const y0 = param([5, 4], r), z = param([5, 3], r), c = param([4, 3], r);
+    gradcheck([x, a1, a2, b1, b2, y0, z, c], () => {
+      const t = lowRankDown(x, [a1, a2]);
+      const y = add(y0, linear(z, f32Weight(c)));
+      const u = lowRankUp(y, t, 0, b1, 0.7);
+      const v = lowRankUp(null, t, 3, b2, -1.3);
+      // both outputs mixed into one [5, 11] result through fixed (frozen) maps
+      const p = Tensor.param(Float32Array.from({ length: 44 }, (_, i) => ((i * 7) % 5) - 2), [11, 4], false);
+      const q = Tensor.param(Float32Array.from({ length: 77 }, (_, i) => ((i * 3) % 7) - 3), [11, 7], false);
+      return add(linear(u, f32Weight(p)), linear(v, f32Weight(q)));
+    });
+  });
+
+  it('lowRankDown/lowRankUp equal linear(linear(x, A), B)', () => {
+    const x = param([6, 9], r), a = param([4, 9], r), b = param([5, 4], r);
+    const fused = noGrad(() => withArena(() => lowRankUp(null, lowRankDown(x, [param([2, 9], r), a]), 2, b, 1).data.slice()));
+    const plain = noGrad(() => withArena(() => linear(linear(x, f32Weight(a)), f32Weight(b)).data.slice()));
+    for (let i = 0; i < plain.length; i++) expect(Math.abs(fused[i] - plain[i])).toBeLessThan(1e-5 * (1 + Math.abs(plain[i])));
   });
 
   it('rmsnorm: x, weight', () => {
