@@ -441,10 +441,11 @@ void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const floa
     else body(0, N);
     return;
   }
-  if (is_avx512(ks) && B.kind == WeightKind::F32 && N <= 16 && M > 8 && !trans_a) {
+  if (is_avx512(ks) && B.kind == WeightKind::F32 && N <= 16 && M > 8 && K >= 32 && !trans_a) {
     // skinny N (LoRA's x·Aᵀ, dY·B at rank r <= 16): dot products of A's rows, read in place, with
     // op(B)ᵀ [N, K] (zero-padded to a multiple of 8 rows) — no padding of N to the 32-wide tile and
-    // no packing of the M x K operand (2.4x the 14x32 path at N = 8, 1.5x at N = 16 on Intel)
+    // no packing of the M x K operand (2.4x the 14x32 path at N = 8, 1.5x at N = 16 on Intel; below
+    // K = 32 the final horizontal sums cost more than the padding saves)
     const int64_t npad = (N + 7) / 8 * 8;
     float* w = ct_scratch.get(static_cast<size_t>(npad) * K);
     const float* s = static_cast<const float*>(B.data);
