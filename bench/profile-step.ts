@@ -4,8 +4,8 @@
  * batch 4 × 256) with every native call timed on the calling thread (native work is synchronous,
  * so a call's wall time is the step time it costs; the thread pool works inside it).
  *
- * GEMMs are split by kind from their shapes: LoRA's skinny products (one of M, N, K equal to the
- * rank), the LM head (N or K equal to the vocabulary), the frozen base weights; forward and
+ * GEMMs are split by kind from their shapes: LoRA's skinny products (one of M, N, K at most four
+ * ranks: fused A matrices stack 2–3), the LM head (N or K equal to the vocabulary), the frozen base weights; forward and
  * backward by the step's phase (forward until the loss, backward after it). "JS and allocation" is
  * the step's wall time not spent in native calls (autograd, buffer pool, tensor views); run with
  * `node --cpu-prof` to split it further.
@@ -48,7 +48,8 @@ function category(name: string, a: unknown[]): string {
     // the fused LM head + loss computes the hidden-state gradient during the forward pass
     if (M === V || N === V || K === V) return `GEMM lm_head ${N === V ? 'fwd' : 'bwd'}${sfx}`;
     const shape = byShape ? ` ${a[0] ? 'T' : 'N'}${a[1] ? 'T' : 'N'} ${M}×${N}×${K}` : '';
-    return `GEMM ${M === R || N === R || K === R ? 'LoRA A/B' : 'frozen base'} ${phase}${sfx}${shape}`;
+    // LoRA products have the rank (or a few ranks side by side: fused q/k/v or gate/up A) as one dimension
+    return `GEMM ${Math.min(M, N, K) <= 4 * R ? 'LoRA A/B' : 'frozen base'} ${phase}${sfx}${shape}`;
   }
   if (name.startsWith('attention')) return `attention ${name === 'attentionForward' ? 'fwd' : 'bwd'}`;
   if (name.startsWith('rmsnorm')) return `RMSNorm ${name.endsWith('Forward') ? 'fwd' : 'bwd'}`;

@@ -44,6 +44,8 @@ CpuFeatures probe() {
   CpuFeatures f;
 #if defined(__x86_64__) || defined(__i386__)
   unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
+  f.intel = b == 0x756e6547 && d == 0x49656e69 && c == 0x6c65746e;  // "Genu" "ineI" "ntel"
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
   bool fma = (c >> 12) & 1, f16c = (c >> 29) & 1;

@@ -18,6 +18,7 @@ struct CpuFeatures {
   // set and, on Linux, the XTILEDATA permission granted (arch_prctl ARCH_REQ_XCOMP_PERM); when the
   // kernel refuses it, both count as absent.
   bool amx_tile = false, amx_bf16 = false;
+  bool intel = false;  // vendor string "GenuineIntel" (CPUID leaf 0): picks the SGEMM kernel variant
 };
 
 // What the CPU and OS support (independent of PEFT_KERNELS).

@@ -16,7 +16,11 @@ namespace peft {
 namespace {
 
 // Blocking (overridable at compile time for tuning: -DPEFT_GEMM_KC=… etc.). 6x16 kernels: tuned
-// on Zen 3 (32 KiB L1d / 512 KiB L2) with bench/gemm.ts; 14x32 AVX-512: tuned on Zen 4 (1 MiB L2).
+// on Zen 3 (32 KiB L1d / 512 KiB L2) with bench/gemm.ts; 14x32 AVX-512: tuned on Zen 4 (32 KiB L1d,
+// 1 MiB L2); the Intel 14x32 variant (PEFT_GEMM512I_*): tuned on a Sapphire-Rapids-class Xeon
+// (48 KiB L1d, 2 MiB L2), where one K block up to 640 (K = 576 in one pass, 1024 as 2 x 512) beats
+// keeping the KC x 32 B micro-panel in L1: C is then read and written once per 640 of K instead of
+// once per 256, and the B micro-panel streams from L2 behind the hardware prefetcher.
 #ifndef PEFT_GEMM_KC
 #define PEFT_GEMM_KC 384
 #endif
@@ -35,6 +39,15 @@ namespace {
 #ifndef PEFT_GEMM512_NC
 #define PEFT_GEMM512_NC 2048
 #endif
+#ifndef PEFT_GEMM512I_KC
+#define PEFT_GEMM512I_KC 640
+#endif
+#ifndef PEFT_GEMM512I_MC
+#define PEFT_GEMM512I_MC 168
+#endif
+#ifndef PEFT_GEMM512I_NC
+#define PEFT_GEMM512I_NC 2048
+#endif
 
 const GemmKernels kGeneric = {"generic-6x16", micro_kernel_generic, pack_rows_transposed_generic,
                               widen_bf16_generic, decode_q4_generic, PEFT_GEMM_KC, PEFT_GEMM_MC, PEFT_GEMM_NC};
@@ -44,13 +57,26 @@ const GemmKernels kAvx2 = {"avx2-fma-6x16", micro_kernel_avx2, pack_rows_transpo
 const GemmKernels kAvx512 = {"avx512-14x32", micro_kernel_avx512, pack_rows_transposed_avx512,
                              widen_bf16_avx512, decode_q4_avx512, PEFT_GEMM512_KC, PEFT_GEMM512_MC,
                              PEFT_GEMM512_NC};
+const GemmKernels kAvx512Bcast = {"avx512-14x32-bcast", micro_kernel_avx512_bcast, pack_rows_transposed_avx512,
+                                  widen_bf16_avx512, decode_q4_avx512, PEFT_GEMM512I_KC, PEFT_GEMM512I_MC,
+                                  PEFT_GEMM512I_NC};
+
+// Which 14x32 variant: the register-broadcast one on Intel, the embedded-broadcast one elsewhere
+// (Zen 4, where it was tuned); PEFT_AVX512_BCAST=1|0 forces one (tests run both on any machine).
+bool avx512_bcast_variant() {
+  const char* e = std::getenv("PEFT_AVX512_BCAST");
+  if (e && !std::strcmp(e, "1")) return true;
+  if (e && !std::strcmp(e, "0")) return false;
+  return cpu_features().intel;
+}
+bool is_avx512(const GemmKernels& ks) { return &ks == &kAvx512 || &ks == &kAvx512Bcast; }
 #endif
 
 const GemmKernels& kernels() {
   static const GemmKernels* k = [] {
 #if defined(__x86_64__) || defined(__i386__)
     switch (kernel_level()) {
-      case KernelLevel::Avx512: return &kAvx512;
+      case KernelLevel::Avx512: return avx512_bcast_variant() ? &kAvx512Bcast : &kAvx512;
       case KernelLevel::Avx2: return &kAvx2;
       default: break;
     }
@@ -77,7 +103,7 @@ struct Scratch {
   }
 };
 
-thread_local Scratch a_scratch, b_scratch, row_scratch;
+thread_local Scratch a_scratch, b_scratch, row_scratch, ct_scratch;
 
 // The blocked algorithm for one micro-tile shape.
 template <int MR, int NR>
@@ -85,6 +111,33 @@ struct Blocked {
   // Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column micro-panels (zero-padded), panel p at dst + p*kc*NR.
   static void pack_b(const GemmKernels& ks, const WeightRef& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                      float* dst) {
+    if (!B.trans) {
+      // op(B) = the stored K x N matrix: walk it row by row (each row segment is contiguous, so the
+      // reads stream through memory and the TLB) and deal each row's 32-column pieces to the panels
+      const int64_t full = nc / NR * NR;
+      if (full < nc) std::memset(dst + (full / NR) * kc * NR, 0, sizeof(float) * kc * NR);
+      for (int64_t k = 0; k < kc; ++k) {
+        float* d = dst + k * NR;
+        for (int64_t jp = 0; jp < nc; jp += NR, d += kc * NR) {
+          int64_t j = j0 + jp, nr = std::min<int64_t>(NR, nc - jp);
+          switch (B.kind) {
+            case WeightKind::F32: {
+              const float* s = static_cast<const float*>(B.data) + (k0 + k) * B.ld + j;
+              if (nr == NR) std::memcpy(d, s, sizeof(float) * NR);  // fixed size: inlined vector moves
+              else std::memcpy(d, s, sizeof(float) * nr);
+              break;
+            }
+            case WeightKind::BF16:
+              ks.widen(static_cast<const uint16_t*>(B.data) + (k0 + k) * B.ld + j, nr, d);
+              break;
+            case WeightKind::Q4:
+              ks.decode(*B.q4, (k0 + k) * B.q4->cols + j, nr, d);
+              break;
+          }
+        }
+      }
+      return;
+    }
     for (int64_t jp = 0; jp < nc; jp += NR) {
       int64_t nr = std::min<int64_t>(NR, nc - jp);
       float* d = dst + (jp / NR) * kc * NR;
@@ -93,9 +146,7 @@ struct Blocked {
       switch (B.kind) {
         case WeightKind::F32: {
           const float* s = static_cast<const float*>(B.data);
-          if (!B.trans) {
-            for (int64_t k = 0; k < kc; ++k) std::memcpy(d + k * NR, s + (k0 + k) * B.ld + j, sizeof(float) * nr);
-          } else if (nr == NR) {
+          if (nr == NR) {
             ks.pack_t(s + j * B.ld + k0, B.ld, kc, d);
           } else {
             for (int64_t jj = 0; jj < nr; ++jj) {
@@ -107,27 +158,20 @@ struct Blocked {
         }
         case WeightKind::BF16: {
           const uint16_t* s = static_cast<const uint16_t*>(B.data);
-          if (!B.trans) {
-            for (int64_t k = 0; k < kc; ++k) ks.widen(s + (k0 + k) * B.ld + j, nr, d + k * NR);
-          } else {
-            // widen the rows into a row-major tile, then transpose it into the panel
-            float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
-            if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
-            for (int64_t jj = 0; jj < nr; ++jj) ks.widen(s + (j + jj) * B.ld + k0, kc, tmp + jj * kc);
-            ks.pack_t(tmp, kc, kc, d);
-          }
+          // widen the rows into a row-major tile, then transpose it into the panel
+          float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
+          if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
+          for (int64_t jj = 0; jj < nr; ++jj) ks.widen(s + (j + jj) * B.ld + k0, kc, tmp + jj * kc);
+          ks.pack_t(tmp, kc, kc, d);
           break;
         }
         case WeightKind::Q4: {
           const Q4Matrix& q = *B.q4;
-          if (B.trans) {  // op(B)[k][j] = W[j][k]: decode each row segment, then transpose the tile
-            float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
-            if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
-            for (int64_t jj = 0; jj < nr; ++jj) ks.decode(q, (j + jj) * q.cols + k0, kc, tmp + jj * kc);
-            ks.pack_t(tmp, kc, kc, d);
-          } else {  // op(B)[k][j] = W[k][j]
-            for (int64_t k = 0; k < kc; ++k) ks.decode(q, (k0 + k) * q.cols + j, nr, d + k * NR);
-          }
+          // op(B)[k][j] = W[j][k]: decode each row segment, then transpose the tile
+          float* tmp = row_scratch.get(static_cast<size_t>(NR) * kc);
+          if (nr < NR) std::memset(tmp, 0, sizeof(float) * NR * kc);
+          for (int64_t jj = 0; jj < nr; ++jj) ks.decode(q, (j + jj) * q.cols + k0, kc, tmp + jj * kc);
+          ks.pack_t(tmp, kc, kc, d);
           break;
         }
       }
@@ -284,6 +328,34 @@ void gemm_impl(const GemmKernels& ks, bool trans_a, int64_t M, int64_t N, int64_
   });
 }
 
+// C[M,N] = alpha * op(A) op(B) + beta * C for a skinny f32 op(B) and a transposed A (N <= 16:
+// LoRA's dYᵀ·(x·Aᵀ), the rank-r factor's weight gradient), computed as the transpose Cᵀ[N,M] = op(B)ᵀ op(A)ᵀ so that M fills the
+// 32-wide vector dimension of the 14x32 micro-tile and N pads to 14 rows instead of 32 columns
+// (8 of 14 lanes busy at r = 8 instead of 8 of 32). The product goes to an N x M scratch, then
+// C = alpha * scratchᵀ + beta * C (beta == 0: C is not read).
+template <int MR, int NR>
+void gemm_skinny_n(const GemmKernels& ks, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const WeightRef& B, float beta, float* C, int64_t ldc, bool parallel) {
+  float* ct = ct_scratch.get(static_cast<size_t>(N) * M);
+  // op(B)ᵀ is N x K: stored K x N (!B.trans) reads as a transposed A; stored N x K as a plain one.
+  // op(A)ᵀ is K x M: stored M x K (!trans_a) is the [N', K']-layout weight (trans), K x M is plain.
+  WeightRef at;
+  at.kind = WeightKind::F32;
+  at.data = A;
+  at.ld = lda;
+  at.trans = !trans_a;
+  gemm_impl<MR, NR>(ks, !B.trans, N, M, K, 1.f, static_cast<const float*>(B.data), B.ld, at, 0.f, ct, M, parallel);
+  auto store = [&](long m0, long m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      float* c = C + m * ldc;
+      if (beta == 0.f) for (int64_t n = 0; n < N; ++n) c[n] = alpha * ct[n * M + m];
+      else for (int64_t n = 0; n < N; ++n) c[n] = alpha * ct[n * M + m] + beta * c[n];
+    }
+  };
+  if (parallel) parallel_for(M, 256, store);
+  else store(0, M);
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #ifndef PEFT_GEMM_BF16_KC
 #define PEFT_GEMM_BF16_KC 512
@@ -358,7 +430,7 @@ void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const floa
   if (M <= 0 || N <= 0) return;
   const GemmKernels& ks = kernels();
 #if defined(__x86_64__) || defined(__i386__)
-  if (&ks == &kAvx512 && !trans_a && B.trans && M <= 8 && K > 0 &&
+  if (is_avx512(ks) && !trans_a && B.trans && M <= 8 && K > 0 &&
       (B.kind == WeightKind::F32 || B.kind == WeightKind::BF16)) {
     // decode-sized M: stream each weight row once instead of packing the weights
     const bool bf16 = B.kind == WeightKind::BF16;
@@ -369,7 +441,30 @@ void gemm(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const floa
     else body(0, N);
     return;
   }
-  if (&ks == &kAvx512) {
+  if (is_avx512(ks) && B.kind == WeightKind::F32 && N <= 16 && M > 8 && K >= 32 && !trans_a) {
+    // skinny N (LoRA's x·Aᵀ, dY·B at rank r <= 16): dot products of A's rows, read in place, with
+    // op(B)ᵀ [N, K] (zero-padded to a multiple of 8 rows) — no padding of N to the 32-wide tile and
+    // no packing of the M x K operand (2.4x the 14x32 path at N = 8, 1.5x at N = 16 on Intel; below
+    // K = 32 the final horizontal sums cost more than the padding saves)
+    const int64_t npad = (N + 7) / 8 * 8;
+    float* w = ct_scratch.get(static_cast<size_t>(npad) * K);
+    const float* s = static_cast<const float*>(B.data);
+    if (B.trans) for (int64_t n = 0; n < N; ++n) std::memcpy(w + n * K, s + n * B.ld, sizeof(float) * K);
+    else for (int64_t k = 0; k < K; ++k) for (int64_t n = 0; n < N; ++n) w[n * K + k] = s[k * B.ld + n];
+    if (npad > N) std::memset(w + N * K, 0, sizeof(float) * (npad - N) * K);
+    auto body = [&](long b0, long b1) {
+      small_n_avx512(b0 * 3, std::min<int64_t>(M, b1 * 3), N, K, alpha, A, lda, w, K, beta, C, ldc);
+    };
+    int64_t blocks = (M + 2) / 3;
+    if (parallel && static_cast<double>(M) * N * K >= 1 << 17) parallel_for(blocks, 8, body);
+    else body(0, blocks);
+    return;
+  }
+  if (is_avx512(ks) && B.kind == WeightKind::F32 && N <= 16 && M >= 64 && K >= 16 && trans_a) {
+    gemm_skinny_n<GEMM512_MR, GEMM512_NR>(ks, trans_a, M, N, K, alpha, A, lda, B, beta, C, ldc, parallel);
+    return;
+  }
+  if (is_avx512(ks)) {
     gemm_impl<GEMM512_MR, GEMM512_NR>(ks, trans_a, M, N, K, alpha, A, lda, B, beta, C, ldc, parallel);
     return;
   }

@@ -10,8 +10,9 @@
 // TDPBF16PS: C[m][n] += sum_p A[m][2p] * B[2p][n] + A[m][2p+1] * B[2p+1][n] (Intel SDM vol. 2,
 // "TDPBF16PS"; Intel Architecture Instruction Set Extensions Programming Reference, ch. 3 AMX).
 //
-// Blocking as BLIS / Goto (gemm.cc): B packed per KC x NC block, A per MC x KC block into 16 x 32
-// tiles; each 32 x 32 micro-step keeps its 32-column B micro-panel (KC/2 x 32 uint32, 32 KiB at
+// Blocking as BLIS / Goto (gemm.cc): B packed per KC x NC block, A into 16 x 32 tiles once per KC
+// block for the thread's whole row range (per MC x KC block when that exceeds 8 MiB); each 32 x 32
+// micro-step keeps its 32-column B micro-panel (KC/2 x 32 uint32, 32 KiB at
 // KC = 512) in L1 while the A tiles stream from L2. Ragged edges: the packed copies are zero-padded
 // in K to a multiple of 32 (zero times zero adds nothing) and in M/N to whole tiles, and only the
 // m x n corner of each 32 x 32 result block is written to C.
@@ -44,6 +45,9 @@
 #endif
 #ifndef PEFT_AMX_NC
 #define PEFT_AMX_NC 1024
+#endif
+#ifndef PEFT_AMX_A_WHOLE_MAX
+#define PEFT_AMX_A_WHOLE_MAX (8 << 20)
 #endif
 
 namespace peft {
@@ -224,14 +228,19 @@ void amx_rect(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float a
   const int64_t mc_step = ((m1 - m0 + mblocks - 1) / mblocks + MR - 1) / MR * MR;
   const int64_t ncap = std::min<int64_t>(NC_MAX, ((n1 - n0) + NR - 1) / NR * NR);
   uint32_t* bbuf = b_scratch.get<uint32_t>(static_cast<size_t>(kc_step / 2) * ncap);
-  uint16_t* abuf = a_scratch.get<uint16_t>(static_cast<size_t>(kc_step) * mc_step);
+  // When the rectangle's whole A (rows rounded to 32, times KC) fits in A_WHOLE_MAX bytes, it is packed
+  // once per K block instead of once per NC block (the lm_head's N = 49152 would repack it 24 times).
+  const int64_t rows_pad = (m1 - m0 + MR - 1) / MR * MR;
+  const bool a_whole = rows_pad * kc_step * 2 <= PEFT_AMX_A_WHOLE_MAX;
+  uint16_t* abuf = a_scratch.get<uint16_t>(static_cast<size_t>(kc_step) * (a_whole ? rows_pad : mc_step));
   alignas(64) float acc[MR * NR];
-  for (int64_t jc = n0; jc < n1; jc += NC_MAX) {
-    const int64_t nc = std::min<int64_t>(NC_MAX, n1 - jc);
-    for (int64_t pc = 0; pc < K; pc += kc_step) {
-      const int64_t kc = std::min<int64_t>(kc_step, K - pc);
-      const int64_t nkt = (kc + TK - 1) / TK, kp = nkt * B_TILE_ROWS, filled = (kc + 1) / 2;
-      const float beta_eff = pc == 0 ? beta : 1.f;
+  for (int64_t pc = 0; pc < K; pc += kc_step) {
+    const int64_t kc = std::min<int64_t>(kc_step, K - pc);
+    const int64_t nkt = (kc + TK - 1) / TK, kp = nkt * B_TILE_ROWS, filled = (kc + 1) / 2;
+    const float beta_eff = pc == 0 ? beta : 1.f;
+    if (a_whole) pack_a(A + m0 * lda + pc, lda, m1 - m0, kc, nkt, (m1 - m0 + TM - 1) / TM, abuf);
+    for (int64_t jc = n0; jc < n1; jc += NC_MAX) {
+      const int64_t nc = std::min<int64_t>(NC_MAX, n1 - jc);
       for (int64_t jr = 0; jr < nc; jr += NR) {
         uint32_t* d = bbuf + (jr / NR) * kp * NR;
         pack_b_bf16dot_avx512(B, ldb, trans_b, pc, kc, K, jc + jr, std::min<int64_t>(NR, nc - jr), d);
@@ -239,14 +248,14 @@ void amx_rect(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float a
       }
       for (int64_t ic = m0; ic < m1; ic += mc_step) {
         const int64_t mc = std::min<int64_t>(mc_step, m1 - ic);
-        const int64_t groups = (mc + TM - 1) / TM;
-        pack_a(A + ic * lda + pc, lda, mc, kc, nkt, groups, abuf);
+        const uint16_t* ablock = a_whole ? abuf + ((ic - m0) / TM) * nkt * A_TILE : abuf;
+        if (!a_whole) pack_a(A + ic * lda + pc, lda, mc, kc, nkt, (mc + TM - 1) / TM, abuf);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const uint32_t* bp = bbuf + (jr / NR) * kp * NR;
           const int n = static_cast<int>(std::min<int64_t>(NR, nc - jr));
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int m = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-            const uint16_t* ap = abuf + (ir / TM) * nkt * A_TILE;
+            const uint16_t* ap = ablock + (ir / TM) * nkt * A_TILE;
             const int64_t next = nkt * A_TILE;
             float* c = C + (ic + ir) * ldc + jc + jr;
             if (m > TM && n > 16) micro_step<2, 2>(nkt, ap, next, bp, c, ldc, alpha, beta_eff, m, n, acc);

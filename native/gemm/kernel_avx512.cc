@@ -34,67 +34,86 @@ PEFT_AVX512 inline void store_row(float* c, __m512 v0, __m512 v1, __m512 va, flo
 }
 }  // namespace
 
-PEFT_AVX512 void micro_kernel_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                                     float alpha, float beta, int m, int n) {
-  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
-  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
-  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
-  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
-  __m512 c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(), c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps();
-  __m512 ca0 = _mm512_setzero_ps(), ca1 = _mm512_setzero_ps(), cb0 = _mm512_setzero_ps(), cb1 = _mm512_setzero_ps();
-  __m512 cc0 = _mm512_setzero_ps(), cc1 = _mm512_setzero_ps(), cd0 = _mm512_setzero_ps(), cd1 = _mm512_setzero_ps();
+namespace {
+// The 14x32 kernel body. kBcastReg = false: each FMA takes its A operand as an embedded {1to16}
+// broadcast from the packed panel (28 micro-fused load+FMA per k step; tuned on Zen 4).
+// kBcastReg = true: one VBROADCASTSS per A element into a register, then two register FMAs
+// (14 loads instead of 28 load+FMA pairs per k step), measured faster on Intel cores with two
+// full-width 512-bit FMA ports (see notes/issue-12.md).
+template <bool kBcastReg>
+PEFT_AVX512 inline void micro_kernel_14x32(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                                           float alpha, float beta, int m, int n) {
+  // Accumulators pinned to zmm4..zmm31 (B in zmm0/zmm1, the broadcast in zmm2): left to itself GCC
+  // rotates them through extra register moves inside the k loop.
+  register __m512 c00 asm("zmm4") = _mm512_setzero_ps();
+  register __m512 c01 asm("zmm5") = _mm512_setzero_ps();
+  register __m512 c10 asm("zmm6") = _mm512_setzero_ps();
+  register __m512 c11 asm("zmm7") = _mm512_setzero_ps();
+  register __m512 c20 asm("zmm8") = _mm512_setzero_ps();
+  register __m512 c21 asm("zmm9") = _mm512_setzero_ps();
+  register __m512 c30 asm("zmm10") = _mm512_setzero_ps();
+  register __m512 c31 asm("zmm11") = _mm512_setzero_ps();
+  register __m512 c40 asm("zmm12") = _mm512_setzero_ps();
+  register __m512 c41 asm("zmm13") = _mm512_setzero_ps();
+  register __m512 c50 asm("zmm14") = _mm512_setzero_ps();
+  register __m512 c51 asm("zmm15") = _mm512_setzero_ps();
+  register __m512 c60 asm("zmm16") = _mm512_setzero_ps();
+  register __m512 c61 asm("zmm17") = _mm512_setzero_ps();
+  register __m512 c70 asm("zmm18") = _mm512_setzero_ps();
+  register __m512 c71 asm("zmm19") = _mm512_setzero_ps();
+  register __m512 c80 asm("zmm20") = _mm512_setzero_ps();
+  register __m512 c81 asm("zmm21") = _mm512_setzero_ps();
+  register __m512 c90 asm("zmm22") = _mm512_setzero_ps();
+  register __m512 c91 asm("zmm23") = _mm512_setzero_ps();
+  register __m512 ca0 asm("zmm24") = _mm512_setzero_ps();
+  register __m512 ca1 asm("zmm25") = _mm512_setzero_ps();
+  register __m512 cb0 asm("zmm26") = _mm512_setzero_ps();
+  register __m512 cb1 asm("zmm27") = _mm512_setzero_ps();
+  register __m512 cc0 asm("zmm28") = _mm512_setzero_ps();
+  register __m512 cc1 asm("zmm29") = _mm512_setzero_ps();
+  register __m512 cd0 asm("zmm30") = _mm512_setzero_ps();
+  register __m512 cd1 asm("zmm31") = _mm512_setzero_ps();
   for (int i = 0; i < m; ++i) {
     _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + NR - 1), _MM_HINT_T0);
   }
-  // One k step: two B vectors, then 28 FMAs whose A operand is an embedded {1to16} broadcast from
-  // the packed panel. Written as inline asm because GCC 12 spills some of the 28 accumulators when
-  // the same loop is written with intrinsics (four asm statements: at most 30 operands each).
-#define PEFT_ROWS0 \
-  __asm__("vfmadd231ps 0(%[a])%{1to16%}, %[b0], %[c00]\n\t" \
-          "vfmadd231ps 0(%[a])%{1to16%}, %[b1], %[c01]\n\t" \
-          "vfmadd231ps 4(%[a])%{1to16%}, %[b0], %[c10]\n\t" \
-          "vfmadd231ps 4(%[a])%{1to16%}, %[b1], %[c11]\n\t" \
-          "vfmadd231ps 8(%[a])%{1to16%}, %[b0], %[c20]\n\t" \
-          "vfmadd231ps 8(%[a])%{1to16%}, %[b1], %[c21]\n\t" \
-          "vfmadd231ps 12(%[a])%{1to16%}, %[b0], %[c30]\n\t" \
-          "vfmadd231ps 12(%[a])%{1to16%}, %[b1], %[c31]\n\t" \
-          : [c00] "+v"(c00), [c01] "+v"(c01), [c10] "+v"(c10), [c11] "+v"(c11), [c20] "+v"(c20), [c21] "+v"(c21), [c30] "+v"(c30), [c31] "+v"(c31) \
-          : [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a)));
-#define PEFT_ROWS1 \
-  __asm__("vfmadd231ps 16(%[a])%{1to16%}, %[b0], %[c40]\n\t" \
-          "vfmadd231ps 16(%[a])%{1to16%}, %[b1], %[c41]\n\t" \
-          "vfmadd231ps 20(%[a])%{1to16%}, %[b0], %[c50]\n\t" \
-          "vfmadd231ps 20(%[a])%{1to16%}, %[b1], %[c51]\n\t" \
-          "vfmadd231ps 24(%[a])%{1to16%}, %[b0], %[c60]\n\t" \
-          "vfmadd231ps 24(%[a])%{1to16%}, %[b1], %[c61]\n\t" \
-          : [c40] "+v"(c40), [c41] "+v"(c41), [c50] "+v"(c50), [c51] "+v"(c51), [c60] "+v"(c60), [c61] "+v"(c61) \
-          : [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a)));
-#define PEFT_ROWS2 \
-  __asm__("vfmadd231ps 28(%[a])%{1to16%}, %[b0], %[c70]\n\t" \
-          "vfmadd231ps 28(%[a])%{1to16%}, %[b1], %[c71]\n\t" \
-          "vfmadd231ps 32(%[a])%{1to16%}, %[b0], %[c80]\n\t" \
-          "vfmadd231ps 32(%[a])%{1to16%}, %[b1], %[c81]\n\t" \
-          "vfmadd231ps 36(%[a])%{1to16%}, %[b0], %[c90]\n\t" \
-          "vfmadd231ps 36(%[a])%{1to16%}, %[b1], %[c91]\n\t" \
-          "vfmadd231ps 40(%[a])%{1to16%}, %[b0], %[ca0]\n\t" \
-          "vfmadd231ps 40(%[a])%{1to16%}, %[b1], %[ca1]\n\t" \
-          : [c70] "+v"(c70), [c71] "+v"(c71), [c80] "+v"(c80), [c81] "+v"(c81), [c90] "+v"(c90), [c91] "+v"(c91), [ca0] "+v"(ca0), [ca1] "+v"(ca1) \
-          : [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a)));
-#define PEFT_ROWS3 \
-  __asm__("vfmadd231ps 44(%[a])%{1to16%}, %[b0], %[cb0]\n\t" \
-          "vfmadd231ps 44(%[a])%{1to16%}, %[b1], %[cb1]\n\t" \
-          "vfmadd231ps 48(%[a])%{1to16%}, %[b0], %[cc0]\n\t" \
-          "vfmadd231ps 48(%[a])%{1to16%}, %[b1], %[cc1]\n\t" \
-          "vfmadd231ps 52(%[a])%{1to16%}, %[b0], %[cd0]\n\t" \
-          "vfmadd231ps 52(%[a])%{1to16%}, %[b1], %[cd1]\n\t" \
-          : [cb0] "+v"(cb0), [cb1] "+v"(cb1), [cc0] "+v"(cc0), [cc1] "+v"(cc1), [cd0] "+v"(cd0), [cd1] "+v"(cd1) \
-          : [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a)));
-#define PEFT_STEP()                                      \
-  {                                                      \
-    const __m512 b0 = _mm512_load_ps(b);                 \
-    const __m512 b1 = _mm512_load_ps(b + 16);            \
-    PEFT_ROWS0 PEFT_ROWS1 PEFT_ROWS2 PEFT_ROWS3          \
+  // One k step: two B vectors, then 28 FMAs (row r of the A panel at byte offset 4r). Written as
+  // inline asm because GCC 12 spills some of the 28 accumulators when the same loop is written with
+  // intrinsics (four asm statements: at most 30 operands each).
+#define PEFT_MEM(o, c0, c1)                                        \
+  "vfmadd231ps " #o "(%[a])%{1to16%}, %[b0], %[" #c0 "]\n\t"      \
+  "vfmadd231ps " #o "(%[a])%{1to16%}, %[b1], %[" #c1 "]\n\t"
+#define PEFT_REG(o, c0, c1)                                        \
+  "vbroadcastss " #o "(%[a]), %[t]\n\t"                            \
+  "vfmadd231ps %[t], %[b0], %[" #c0 "]\n\t"                        \
+  "vfmadd231ps %[t], %[b1], %[" #c1 "]\n\t"
+#define PEFT_IN [a] "r"(a), [b0] "v"(b0), [b1] "v"(b1), "m"(*reinterpret_cast<const float(*)[MR]>(a))
+#define PEFT_TOUT [t] "=&v"(t),
+#define PEFT_ROWS(F, T)                                                                                            \
+  __asm__(F(0, c00, c01) F(4, c10, c11) F(8, c20, c21) F(12, c30, c31)                                            \
+          : T[c00] "+v"(c00), [c01] "+v"(c01), [c10] "+v"(c10), [c11] "+v"(c11), [c20] "+v"(c20), [c21] "+v"(c21), \
+            [c30] "+v"(c30), [c31] "+v"(c31)                                                                       \
+          : PEFT_IN);                                                                                              \
+  __asm__(F(16, c40, c41) F(20, c50, c51) F(24, c60, c61)                                                         \
+          : T[c40] "+v"(c40), [c41] "+v"(c41), [c50] "+v"(c50), [c51] "+v"(c51), [c60] "+v"(c60), [c61] "+v"(c61)  \
+          : PEFT_IN);                                                                                              \
+  __asm__(F(28, c70, c71) F(32, c80, c81) F(36, c90, c91) F(40, ca0, ca1)                                         \
+          : T[c70] "+v"(c70), [c71] "+v"(c71), [c80] "+v"(c80), [c81] "+v"(c81), [c90] "+v"(c90), [c91] "+v"(c91), \
+            [ca0] "+v"(ca0), [ca1] "+v"(ca1)                                                                       \
+          : PEFT_IN);                                                                                              \
+  __asm__(F(44, cb0, cb1) F(48, cc0, cc1) F(52, cd0, cd1)                                                         \
+          : T[cb0] "+v"(cb0), [cb1] "+v"(cb1), [cc0] "+v"(cc0), [cc1] "+v"(cc1), [cd0] "+v"(cd0), [cd1] "+v"(cd1)  \
+          : PEFT_IN);
+#define PEFT_STEP()                           \
+  {                                           \
+    register __m512 b0 asm("zmm0") = _mm512_load_ps(b);      \
+    register __m512 b1 asm("zmm1") = _mm512_load_ps(b + 16); \
+    if constexpr (kBcastReg) {                \
+      register __m512 t asm("zmm2");          \
+      PEFT_ROWS(PEFT_REG, PEFT_TOUT)          \
+    } else {                                  \
+      PEFT_ROWS(PEFT_MEM, )                   \
+    }                                         \
   }
   int64_t k = 0;
   for (; k + 4 <= kc; k += 4) {
@@ -114,16 +133,28 @@ PEFT_AVX512 void micro_kernel_avx512(int64_t kc, const float* a, const float* b,
     b += NR;
   }
 #undef PEFT_STEP
-#undef PEFT_ROWS0
-#undef PEFT_ROWS1
-#undef PEFT_ROWS2
-#undef PEFT_ROWS3
+#undef PEFT_ROWS
+#undef PEFT_TOUT
+#undef PEFT_IN
+#undef PEFT_REG
+#undef PEFT_MEM
   const __m512 va = _mm512_set1_ps(alpha);
   __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
   __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);
   __m512 rows[2 * MR] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61,
                          c70, c71, c80, c81, c90, c91, ca0, ca1, cb0, cb1, cc0, cc1, cd0, cd1};
   for (int i = 0; i < m; ++i) store_row(c + i * ldc, rows[2 * i], rows[2 * i + 1], va, beta, m0, m1);
+}
+}  // namespace
+
+PEFT_AVX512 void micro_kernel_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                                     float alpha, float beta, int m, int n) {
+  micro_kernel_14x32<false>(kc, a, b, c, ldc, alpha, beta, m, n);
+}
+
+PEFT_AVX512 void micro_kernel_avx512_bcast(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                                           float alpha, float beta, int m, int n) {
+  micro_kernel_14x32<true>(kc, a, b, c, ldc, alpha, beta, m, n);
 }
 
 namespace {
@@ -264,6 +295,64 @@ PEFT_AVX512 void small_m_nt_avx512(int m, int64_t j0, int64_t j1, int64_t K, flo
     case 6: small_m_rows<6>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
     case 7: small_m_rows<7>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
     default: small_m_rows<8>(j0, j1, K, alpha, a, lda, w, bf16, ldw, beta, c, ldc); break;
+  }
+}
+
+namespace {
+// R rows of A against the 8 rows of w (a zero-padded W block): 8R accumulators, each k step of 16
+// loads R A vectors and 8 W vectors for 8R FMAs; the dot products are reduced at the end.
+template <int R>
+PEFT_AVX512 void rows_x8(int64_t K, const float* a, int64_t lda, const float* w, int64_t ldw, int nj, float alpha,
+                         float beta, float* c, int64_t ldc) {
+  __m512 acc[R][8];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) acc[r][j] = _mm512_setzero_ps();
+  const int64_t kfull = K / 16 * 16;
+  for (int64_t k = 0; k < kfull; k += 16) {
+    __m512 av[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) av[r] = _mm512_loadu_ps(a + r * lda + k);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512 wv = _mm512_loadu_ps(w + j * ldw + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], wv, acc[r][j]);
+    }
+  }
+  if (kfull < K) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (K - kfull)) - 1);
+    __m512 av[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) av[r] = _mm512_maskz_loadu_ps(tail, a + r * lda + kfull);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const __m512 wv = _mm512_maskz_loadu_ps(tail, w + j * ldw + kfull);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], wv, acc[r][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+    for (int j = 0; j < nj; ++j) {
+      float v = alpha * _mm512_reduce_add_ps(acc[r][j]);
+      cr[j] = beta == 0.f ? v : v + beta * cr[j];
+    }
+  }
+}
+}  // namespace
+
+PEFT_AVX512 void small_n_avx512(int64_t i0, int64_t i1, int64_t N, int64_t K, float alpha, const float* a, int64_t lda,
+                                const float* w, int64_t ldw, float beta, float* c, int64_t ldc) {
+  for (int64_t j = 0; j < N; j += 8) {
+    const int nj = static_cast<int>(std::min<int64_t>(8, N - j));
+    const float* wj = w + j * ldw;
+    int64_t i = i0;
+    for (; i + 3 <= i1; i += 3) rows_x8<3>(K, a + i * lda, lda, wj, ldw, nj, alpha, beta, c + i * ldc + j, ldc);
+    if (i1 - i == 2) rows_x8<2>(K, a + i * lda, lda, wj, ldw, nj, alpha, beta, c + i * ldc + j, ldc);
+    else if (i1 - i == 1) rows_x8<1>(K, a + i * lda, lda, wj, ldw, nj, alpha, beta, c + i * ldc + j, ldc);
   }
 }
 

@@ -52,6 +52,10 @@ void pack_rows_transposed_avx2(const float* s, int64_t ld, int64_t kc, float* d)
 // AVX-512 (F/BW/VL/DQ) set, compiled with per-function target attributes (kernel_avx512.cc).
 void micro_kernel_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                          float alpha, float beta, int m, int n);
+// The same 14x32 kernel with the A operand broadcast into a register (VBROADCASTSS) instead of an
+// embedded {1to16} memory operand: faster on Intel cores with two 512-bit FMA ports.
+void micro_kernel_avx512_bcast(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                               float alpha, float beta, int m, int n);
 void pack_rows_transposed_avx512(const float* s, int64_t ld, int64_t kc, float* d);
 void widen_bf16_avx512(const uint16_t* s, int64_t n, float* d);
 void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count, float* out);
@@ -60,6 +64,12 @@ void decode_q4_avx512(const Q4Matrix& q, int64_t idx, int64_t count, float* out)
 // f32 or (bf16) bfloat16 [N, K] with row stride ldw: the decode-time product x·Wᵀ without packing.
 void small_m_nt_avx512(int m, int64_t j0, int64_t j1, int64_t K, float alpha, const float* a, int64_t lda,
                        const void* w, bool bf16, int64_t ldw, float beta, float* c, int64_t ldc);
+
+// C[i, j] = alpha * dot(A row i, w row j) + beta * C[i, j] for rows i in [i0, i1) and j < N: the
+// skinny-N product (N = a LoRA rank) without packing A. w is op(B)ᵀ [N, K] (row stride ldw) whose
+// row count is padded with zero rows to a multiple of 8; a, c point at row 0.
+void small_n_avx512(int64_t i0, int64_t i1, int64_t N, int64_t K, float alpha, const float* a, int64_t lda,
+                    const float* w, int64_t ldw, float beta, float* c, int64_t ldc);
 
 // AVX512_BF16 dot-product set (kernel_avx512_bf16.cc): panels of k-pairs, one uint32 = (x[2p], x[2p+1]).
 // micro-kernel: c[0..m, 0..n] = alpha * sum_p dot2(a[p*MR + i], b[p*NR + j]) + beta * c over kp pairs.

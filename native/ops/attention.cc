@@ -27,7 +27,7 @@ namespace {
 constexpr int64_t QB = 64;  // query rows per block
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
-thread_local std::vector<float> s_buf, dp_buf, tf_buf, kt_buf, vt_buf;
+thread_local std::vector<float> s_buf, dp_buf, tf_buf, kt_buf, vt_buf, di_buf;
 
 // Number of keys any query in [i0, i1) can see (causal bound), i.e. the key range [0, kend).
 inline int64_t key_end(const AttentionShape& s, int64_t i1) {
@@ -198,13 +198,15 @@ void attention_forward_d64(const AttentionShape& s, const float* q, const float*
     transpose_rows(k + (b * s.Tk) * s.k_stride + kvh * s.D, s.k_stride, kend, s.D, Kt);
     float* S = grow(s_buf, rows * kend);
     const float* va = v + (b * s.Tk) * s.v_stride + kvh * s.D;
+    const int64_t diag = s.causal ? (s.Tk - s.Tq) + i0 : attn_avx512::kAllVisible;
     for (int64_t g = 0; g < G; ++g) {
       const int64_t h = kvh * G + g;
-      attn_avx512::abt(rows, kend, s.scale, q + (b * s.Tq + i0) * s.q_stride + h * s.D, s.q_stride, Kt, kend, S, kend);
+      attn_avx512::abt(rows, kend, s.scale, q + (b * s.Tq + i0) * s.q_stride + h * s.D, s.q_stride, Kt, kend, S, kend,
+                       diag);
       apply_masks(s, b, i0, rows, kend, S);
       softmax_rows(ro, S, rows, kend, lse ? lse + (b * s.Hq + h) * s.Tq + i0 : nullptr);
       attn_avx512::ab(rows, kend, 1.f, S, kend, va, s.v_stride, 0.f, out + (b * s.Tq + i0) * s.o_stride + h * s.D,
-                      s.o_stride);
+                      s.o_stride, diag);
     }
   });
 }
@@ -214,6 +216,8 @@ void attention_backward_d64(const AttentionShape& s, const float* q, const float
                             float* dv) {
   const int64_t G = s.Hq / s.Hkv;
   const RowOps& ro = row_ops();
+  // only the causal limit masks keys: probabilities come straight out of the score kernel
+  const bool causal_only = !s.key_mask && !s.q_seg && !s.add_mask && s.window <= 0;
   run_tasks(s.B * s.Hkv, [&](int64_t task) {
     const int64_t b = task / s.Hkv, kvh = task % s.Hkv;
     const float* ka = k + (b * s.Tk) * s.k_stride + kvh * s.D;
@@ -236,17 +240,29 @@ void attention_backward_d64(const AttentionShape& s, const float* q, const float
         const float* qa = q + (b * s.Tq + i0) * s.q_stride + h * s.D;
         const float* oa = out + (b * s.Tq + i0) * s.o_stride + h * s.D;
         const float* doa = dout + (b * s.Tq + i0) * s.o_stride + h * s.D;
-        attn_avx512::abt(rows, kend, s.scale, qa, s.q_stride, Kt, kmax, P, kend);
-        apply_masks(s, b, i0, rows, kend, P);
-        probs_from_lse(ro, P, rows, kend, lse + (b * s.Hq + h) * s.Tq + i0);
-        if (dva) attn_avx512::atb(rows, kend, 1.f, P, kend, doa, s.o_stride, dva, s.v_stride);  // dV += Pᵀ dO
+        const int64_t diag = s.causal ? (s.Tk - s.Tq) + i0 : attn_avx512::kAllVisible;
+        const float* lrow = lse + (b * s.Hq + h) * s.Tq + i0;
+        if (causal_only) {
+          attn_avx512::abt_exp(rows, kend, s.scale, qa, s.q_stride, Kt, kmax, P, kend, diag, lrow);
+        } else {
+          attn_avx512::abt(rows, kend, s.scale, qa, s.q_stride, Kt, kmax, P, kend, diag);
+          apply_masks(s, b, i0, rows, kend, P);
+          probs_from_lse(ro, P, rows, kend, lrow);
+        }
+        if (dva) attn_avx512::atb(rows, kend, 1.f, P, kend, doa, s.o_stride, dva, s.v_stride, diag);  // dV += Pᵀ dO
         if (!dq && !dka) continue;
-        attn_avx512::abt(rows, kend, 1.f, doa, s.o_stride, Vt, kmax, dP, kend);  // dP = dO Vᵀ
-        block_dscores(s, P, dP, nullptr, oa, doa, rows, kend);
+        float* di = grow(di_buf, rows);  // rowsum(dO ∘ O)
+        for (int64_t r = 0; r < rows; ++r) {
+          double acc = 0;
+          for (int64_t d = 0; d < s.D; ++d) acc += static_cast<double>(oa[r * s.o_stride + d]) * doa[r * s.o_stride + d];
+          di[r] = static_cast<float>(acc);
+        }
+        // dS = P ∘ (dO Vᵀ − di), into dP
+        attn_avx512::abt_dscore(rows, kend, doa, s.o_stride, Vt, kmax, dP, kend, diag, P, di);
         if (dq)  // dQ += scale · dS K
           attn_avx512::ab(rows, kend, s.scale, dP, kend, ka, s.k_stride, 1.f,
-                          dq + (b * s.Tq + i0) * s.q_stride + h * s.D, s.q_stride);
-        if (dka) attn_avx512::atb(rows, kend, s.scale, dP, kend, qa, s.q_stride, dka, s.k_stride);  // dK += scale · dSᵀ Q
+                          dq + (b * s.Tq + i0) * s.q_stride + h * s.D, s.q_stride, diag);
+        if (dka) attn_avx512::atb(rows, kend, s.scale, dP, kend, qa, s.q_stride, dka, s.k_stride, diag);  // dK += scale · dSᵀ Q
       }
     }
   });

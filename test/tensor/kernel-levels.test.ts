@@ -68,7 +68,10 @@ function check(M, N, K, ta, tb, kind, alpha, beta) {
     worst = Math.max(worst, Math.abs(C[i * N + j] - want) / (Math.abs(alpha) * mag + Math.abs(beta) + 1));
   }
 }
-for (const [M, N, K] of [[7, 33, 300], [50, 17, 9], [29, 70, 130], [15, 40, 1]]) for (const ta of [false, true]) for (const tb of [false, true])
+// [20, 45, 1300]: K over every level's K block (384 for 6x16, 256 / 640 for the 14x32 variants),
+// so later K blocks accumulate into C (beta applied once); N <= 16 with M > 8: the AVX-512 skinny-N
+// paths (row dot products without packing, or the transposed product when op(A) is transposed)
+for (const [M, N, K] of [[7, 33, 300], [50, 17, 9], [29, 70, 130], [15, 40, 1], [20, 45, 1300], [37, 8, 300], [70, 13, 45], [66, 16, 40]]) for (const ta of [false, true]) for (const tb of [false, true])
   for (const kind of ['f32', 'bf16', 'q4', 'q4dq']) {
     if (kind.startsWith('q4') && (ta || (M * K) % 2)) continue;
     check(M, N, K, ta, tb, kind, 1, 0);
@@ -252,20 +255,24 @@ console.log(JSON.stringify({ info: native.kernelInfo(), gemm: worst, bf16Dot, ro
 
 const cpu = native.kernelInfo().cpu;
 const avx512 = cpu.avx2 && cpu.fma && cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512dq;
-// amx is the avx512 level (same f32 GEMM and row kernels) plus AMX tiles for the bf16 GEMM
-const levels: Array<{ level: 'generic' | 'avx2' | 'avx512' | 'amx'; gemm: string; rowops: string; bf16Kernel: string; available: boolean }> = [
+// amx is the avx512 level (same f32 GEMM and row kernels) plus AMX tiles for the bf16 GEMM. The
+// AVX-512 level has two 14x32 f32 micro-kernels (embedded vs register broadcast of A, chosen by CPU
+// vendor: register broadcast on Intel); PEFT_AVX512_BCAST forces each so both are checked on any
+// AVX-512 machine (AMX implies Intel, so amx runs the register-broadcast one).
+const levels: Array<{ level: 'generic' | 'avx2' | 'avx512' | 'amx'; gemm: string; rowops: string; bf16Kernel: string; available: boolean; env?: Record<string, string> }> = [
   { level: 'generic', gemm: 'generic-6x16', rowops: 'generic', bf16Kernel: 'none', available: true },
   { level: 'avx2', gemm: 'avx2-fma-6x16', rowops: 'avx2', bf16Kernel: 'none', available: cpu.avx2 && cpu.fma },
-  { level: 'avx512', gemm: 'avx512-14x32', rowops: 'avx512', bf16Kernel: cpu.avx512_bf16 ? 'avx512-bf16-dot' : 'none', available: avx512 },
-  { level: 'amx', gemm: 'avx512-14x32', rowops: 'avx512', bf16Kernel: 'amx-bf16-tiles', available: avx512 && cpu.avx512_bf16 && cpu.amx_tile && cpu.amx_bf16 },
+  { level: 'avx512', gemm: 'avx512-14x32', rowops: 'avx512', bf16Kernel: cpu.avx512_bf16 ? 'avx512-bf16-dot' : 'none', available: avx512, env: { PEFT_AVX512_BCAST: '0' } },
+  { level: 'avx512', gemm: 'avx512-14x32-bcast', rowops: 'avx512', bf16Kernel: cpu.avx512_bf16 ? 'avx512-bf16-dot' : 'none', available: avx512, env: { PEFT_AVX512_BCAST: '1' } },
+  { level: 'amx', gemm: 'avx512-14x32-bcast', rowops: 'avx512', bf16Kernel: 'amx-bf16-tiles', available: avx512 && cpu.avx512_bf16 && cpu.amx_tile && cpu.amx_bf16 },
 ];
 
 describe('kernel levels (PEFT_KERNELS)', () => {
   const f = join(mkdtempSync(join(tmpdir(), 'peft-levels-')), 'check.ts');
   writeFileSync(f, script);
   for (const l of levels) {
-    it.skipIf(!l.available)(`GEMM (f32/bf16/NF4, bf16 compute), row kernels, attention and the stories260K logits are right with PEFT_KERNELS=${l.level}`, () => {
-      const r = spawnSync(process.execPath, ['--import', 'tsx', f], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PEFT_KERNELS: l.level } });
+    it.skipIf(!l.available)(`GEMM (f32/bf16/NF4, bf16 compute), row kernels, attention and the stories260K logits are right with PEFT_KERNELS=${l.level} (${l.gemm})`, () => {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', f], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PEFT_KERNELS: l.level, ...l.env } });
       expect(r.status, r.stderr).toBe(0);
       const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
       expect(out.info.level).toBe(l.level);
