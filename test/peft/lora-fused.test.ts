@@ -65,8 +65,13 @@ function run(peft: PeftModel, train: string, training: boolean): Run {
   return { logits, loss, grads: new Map(params.map((p) => [p.name, p.tensor.grad ? p.tensor.grad.slice() : new Float32Array(0)])), aRows: rows };
 }
 
+/** Fused on (from 1 row: the test batch has 26) or off for every LoRA adapter of peft. */
 function setFused(peft: PeftModel, on: boolean): void {
-  for (const a of peft.adapters.values()) if (a instanceof LoraAdapter) a.fuseSharedInputs = on;
+  for (const a of peft.adapters.values()) {
+    if (!(a instanceof LoraAdapter)) continue;
+    a.fuseSharedInputs = on;
+    a.fuseMinRows = 1;
+  }
 }
 
 /** Runs fused and unfused, checks they agree, returns both. */
@@ -105,6 +110,15 @@ describe('fused LoRA A products equal one product per module', () => {
     // o and down keep their own product: per layer 2 fused + 2 single in the forward
     expect(fused.aRows.filter((r) => r === 8)).toHaveLength(2 * layers);
     expect(plain.aRows.filter((r) => r === 8)).toHaveLength(7 * layers);
+  });
+
+  it('below fuseMinRows (default 64) each module runs its own product', () => {
+    const peft = new PeftModel(loadModel(join(TINY, 'llama-gqa')));
+    const a = lora(peft.model, {});
+    peft.addAdapter('a', a);
+    expect(a.fuseMinRows).toBe(64);
+    const small = run(peft, 'a', true);
+    expect(small.aRows.filter((r) => r > 8)).toHaveLength(0);
   });
 
   it('rsLoRA, rank_pattern / alpha_pattern (different r per module), lora_bias and bias = all (Qwen2 q/k/v biases)', () => {
