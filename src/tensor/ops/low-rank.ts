@@ -75,7 +75,17 @@ export function lowRankUp(y: Tensor | null, t: Tensor, o: number, B: Tensor, s: 
   const ti = t.data.subarray(o * M, (o + r) * M);
   native.gemm(true, true, M, N, r, s, ti, M, B.data, r, y ? 1 : 0, out.data, N);
   return record(out, [t, B, y], (gy) => {
-    if (t.requiresGrad) native.gemm(true, true, r, M, N, s, B.data, r, gy, N, 1, gradOf(t).subarray(o * M, (o + r) * M), M);
+    if (t.requiresGrad) {
+      // dT[o : o + r] += s · (dy · B)ᵀ: dy·B [rows, r] takes the GEMM's narrow-N path (rows on the tile's M side)
+      const g = allocF32(M * r);
+      native.gemm(false, false, M, r, N, s, gy, N, B.data, r, 0, g, r);
+      const dt = gradOf(t);
+      for (let j = 0; j < r; j++) {
+        const row = (o + j) * M;
+        for (let m = 0; m < M; m++) dt[row + m] += g[m * r + j];
+      }
+      releaseF32(g);
+    }
     if (B.requiresGrad) {
       // dBᵀ [r, N] = s · T_i · dy (rank on the GEMM's row side), then added transposed
       const dBt = allocF32(r * N);
