@@ -32,7 +32,7 @@ export function trainCommand(): Command {
     .option('--bottleneck-size <n>', 'bottleneck adapter: explicit bottleneck width', int('--bottleneck-size', 1))
     .option('--placement <p>', 'bottleneck adapter: houlsby (after attention and MLP) | pfeiffer (after MLP)')
     .option('--non-linearity <f>', 'bottleneck adapter: relu | gelu | gelu_tanh | silu')
-    .option('--compute-dtype <dtype>', 'float32 | bf16: bf16 multiplies the frozen base weights in bfloat16 with VDPBF16PS (activations rounded to bf16, float32 sums; LoRA/adapters and the optimizer stay float32), like torch.autocast("cpu", dtype=torch.bfloat16); needs AVX512_BF16, refused otherwise', 'float32')
+    .option('--compute-dtype <dtype>', 'float32 | bf16: bf16 multiplies the frozen base weights in bfloat16 on AMX tiles or with VDPBF16PS (activations rounded to bf16, float32 sums; LoRA/adapters and the optimizer stay float32), like torch.autocast("cpu", dtype=torch.bfloat16); needs AMX-BF16 or AVX512_BF16, refused otherwise', 'float32')
     .option('--gradient-checkpointing', 'recompute each decoder block in backward instead of keeping its activations: less memory, about one more forward pass per step')
     .option('--max-steps <n>', 'optimizer steps', int('--max-steps', 1), 200)
     .option('--batch-size <n>', 'rows per micro-batch', int('--batch-size', 1), 8)

@@ -56,7 +56,7 @@ export function setComputeDtype(model: CausalLM, dtype: string): { bf16: number;
   if (!info.bf16Dot)
     throw new PeftError('bf16 compute needs the AVX512_BF16 instruction VDPBF16PS, which this run cannot use', {
       field: '--compute-dtype',
-      expected: 'a CPU with AVX512_BF16 (e.g. AMD Zen 4/5, Intel Cooper Lake, Sapphire Rapids) and PEFT_KERNELS unset or avx512; or --compute-dtype float32',
+      expected: 'a CPU with AVX512_BF16 (e.g. AMD Zen 4/5, Intel Cooper Lake, Sapphire Rapids) and PEFT_KERNELS unset, amx or avx512; or --compute-dtype float32',
       found: `kernel level ${info.level}, avx512_bf16 ${info.cpu.avx512_bf16 ? 'present' : 'absent'}`,
     });
   for (const m of linearModules(model)) {

@@ -9,7 +9,7 @@ import { Tensor } from './tensor.js';
 
 export type WeightData =
   | { kind: 'f32'; tensor: Tensor }
-  /** dot: multiply with VDPBF16PS, activations rounded to bf16 (models/compute-dtype.ts); else widened to f32. */
+  /** dot: multiply in bf16 (AMX tiles or VDPBF16PS, native gemm_bf16_dot), activations rounded to bf16 (models/compute-dtype.ts); else widened to f32. */
   | { kind: 'bf16'; bits: Uint16Array; dot?: boolean }
   | { kind: 'q4'; q4: Q4Native };
 

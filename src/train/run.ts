@@ -28,6 +28,7 @@ import { buildProvenance, writeProvenance, type RunMetrics } from '../lifecycle/
 import { train, TRAIN_DEFAULTS, type StepMetrics, type TrainOptions, type TrainResult } from './trainer.js';
 import type { Objective } from './preference/losses.js';
 import { runPreferenceTraining, type PreferenceRunResult } from './preference/run.js';
+import { native } from '../native/index.js';
 
 export type MethodName = 'lora' | 'qlora' | 'full' | 'adapter' | 'prefix' | 'prompt' | 'ia3';
 export const METHODS: MethodName[] = ['lora', 'qlora', 'full', 'adapter', 'prefix', 'prompt', 'ia3'];
@@ -39,7 +40,7 @@ export const DEFAULT_LR: Record<MethodName, number> = {
 
 export interface TrainRunOptions extends Partial<TrainOptions> {
   model?: string;
-  /** 'bf16': frozen base weights multiply in bfloat16 with VDPBF16PS (models/compute-dtype.ts); default 'float32'. */
+  /** 'bf16': frozen base weights multiply in bfloat16 on AMX tiles or with VDPBF16PS (models/compute-dtype.ts); default 'float32'. */
   computeDtype?: ComputeDtype;
   data: string;
   valData?: string;
@@ -240,7 +241,7 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   const { model, tokenizer, peft, params } = setup;
   if (o.computeDtype && o.computeDtype !== 'float32') {
     const c = setComputeDtype(model, o.computeDtype);
-    setup.summary += `\ncompute dtype: ${o.computeDtype} (${c.bf16} frozen linear weights multiply in bf16 with VDPBF16PS, ${c.other} stay as they are)`;
+    setup.summary += `\ncompute dtype: ${o.computeDtype} (${c.bf16} frozen linear weights multiply in bf16 with ${native.kernelInfo().bf16Kernel === 'amx-bf16-tiles' ? 'AMX tiles (TDPBF16PS)' : 'VDPBF16PS'}, ${c.other} stay as they are)`;
   }
   setGradientCheckpointing(model, o.gradientCheckpointing ?? false);
   const maxSeqLength = o.maxSeqLength ?? 256;
