@@ -267,12 +267,19 @@ const levels: Array<{ level: 'generic' | 'avx2' | 'avx512' | 'amx'; gemm: string
   { level: 'amx', gemm: 'avx512-14x32-bcast', rowops: 'avx512', bf16Kernel: 'amx-bf16-tiles', available: avx512 && cpu.avx512_bf16 && cpu.amx_tile && cpu.amx_bf16 },
 ];
 
+/** This process's environment without a PEFT_AVX512_BCAST the caller may have set: each level checks its own default variant. */
+function inheritedEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.PEFT_AVX512_BCAST;
+  return env;
+}
+
 describe('kernel levels (PEFT_KERNELS)', () => {
   const f = join(mkdtempSync(join(tmpdir(), 'peft-levels-')), 'check.ts');
   writeFileSync(f, script);
   for (const l of levels) {
     it.skipIf(!l.available)(`GEMM (f32/bf16/NF4, bf16 compute), row kernels, attention and the stories260K logits are right with PEFT_KERNELS=${l.level} (${l.gemm})`, () => {
-      const r = spawnSync(process.execPath, ['--import', 'tsx', f], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PEFT_KERNELS: l.level, ...l.env } });
+      const r = spawnSync(process.execPath, ['--import', 'tsx', f], { cwd: ROOT, encoding: 'utf8', env: { ...inheritedEnv(), PEFT_KERNELS: l.level, ...l.env } });
       expect(r.status, r.stderr).toBe(0);
       const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
       expect(out.info.level).toBe(l.level);
