@@ -7,6 +7,7 @@ import { evaluateFile } from '../train/run.js';
 import { attachAdapterForInference } from './adapters.js';
 import { openModelFor } from './model.js';
 import { int, requireOptions, withConfigFile } from './options.js';
+import { setComputeDtype } from '../models/compute-dtype.js';
 
 export function evalCommand(): Command {
   const cmd = new Command('eval')
@@ -15,6 +16,7 @@ export function evalCommand(): Command {
     .option('--model <dir>', 'Hugging Face model directory (default: the bundled stories260K)')
     .option('--adapter <dir>', 'PEFT adapter directory to apply')
     .option('--quantize <type>', 'quantize the base linear weights on load (nf4 | fp4), as for a QLoRA adapter')
+    .option('--compute-dtype <dtype>', 'float32 | bf16: bf16 multiplies the frozen base weights in bfloat16 (AMX tiles or VDPBF16PS; activations rounded to bf16, float32 sums), as peft train --compute-dtype; needs AMX-BF16 or AVX512_BF16, refused otherwise', 'float32')
     .option('--max-seq-length <n>', 'tokens per row', int('--max-seq-length', 2), 256)
     .option('--batch-size <n>', 'rows per batch', int('--batch-size', 1), 8)
     .option('--text-split <mode>', '.txt files: blocks | paragraphs', 'blocks')
@@ -28,12 +30,13 @@ export function evalCommand(): Command {
     const o = withConfigFile(cmd, raw) as {
       data: string; model?: string; adapter?: string; quantize?: string; maxSeqLength: number; batchSize: number;
       textSplit: 'blocks' | 'paragraphs'; maxExamples: number; skipBadLines?: boolean; json?: boolean; allowBaseMismatch?: boolean;
-      lossConvention: 'peft' | 'next-token';
+      lossConvention: 'peft' | 'next-token'; computeDtype: string;
     };
     requireOptions(o as unknown as Record<string, unknown>, ['data']);
     const { model, dir } = openModelFor(o.adapter, o.model, o.quantize);
     const tok = loadTokenizer(dir);
     const peft = o.adapter ? attachAdapterForInference(model, o.adapter, { dir, allowMismatch: o.allowBaseMismatch }).peft : null;
+    setComputeDtype(model, o.computeDtype); // after the adapter: its trainable-looking weights stay float32
     const r = evaluateFile(model, tok, o.data, { maxSeqLength: o.maxSeqLength, batchSize: o.batchSize, textSplit: o.textSplit, skipBadLines: o.skipBadLines, maxExamples: o.maxExamples, lossConvention: o.lossConvention });
     if (r.tokens > 0 && !Number.isFinite(r.loss)) {
       // a diverged or corrupt adapter (or base): name the first tensor that is not finite
@@ -44,7 +47,7 @@ export function evalCommand(): Command {
       throw new PeftError(`evaluation loss is ${r.loss}, though every weight is finite (the activations overflowed)`, { file: o.data });
     }
     const out = {
-      data: o.data, model: dir, adapter: o.adapter ?? null, loss: r.loss, perplexity: r.perplexity, tokens: r.tokens,
+      data: o.data, model: dir, adapter: o.adapter ?? null, compute_dtype: o.computeDtype, loss: r.loss, perplexity: r.perplexity, tokens: r.tokens,
       virtual_tokens: r.virtualTokens,
       loss_convention: r.lossConvention,
       loss_convention_note: r.virtualTokens === 0 ? 'next-token loss over the real tokens (no virtual tokens)'

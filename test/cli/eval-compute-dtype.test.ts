@@ -1,0 +1,47 @@
+/**
+ * `peft eval --compute-dtype bf16`: the frozen base weights multiply in bfloat16 (AMX tiles or
+ * VDPBF16PS), as in `peft train --compute-dtype bf16`; the perplexity stays close to float32's but
+ * is computed with bf16 products (so it is not bit-identical). An unknown dtype is refused naming
+ * the flag.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { bf16ComputeAvailable } from '../../src/models/compute-dtype.js';
+import { ROOT } from '../helpers.js';
+
+const work = mkdtempSync(join(tmpdir(), 'peft-eval-dtype-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+const data = join(work, 'data.jsonl');
+writeFileSync(data, Array.from({ length: 8 }, (_, i) => JSON.stringify({ text: `Once upon a time, Tom had ${i} red apples and a little dog named Max.` })).join('\n'));
+
+function peft(...args: string[]): { code: number; stderr: string; stdout: string } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli', 'bin.ts'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+  return { code: r.status ?? -1, stderr: r.stderr, stdout: r.stdout };
+}
+
+describe('peft eval --compute-dtype', () => {
+  it.skipIf(!bf16ComputeAvailable())('bf16 gives a perplexity within 1% of float32, from bf16 products', () => {
+    const f32 = peft('eval', '--data', data, '--json');
+    const bf16 = peft('eval', '--data', data, '--json', '--compute-dtype', 'bf16');
+    expect(f32.code, f32.stderr).toBe(0);
+    expect(bf16.code, bf16.stderr).toBe(0);
+    const a = JSON.parse(f32.stdout) as { perplexity: number; compute_dtype: string; tokens: number };
+    const b = JSON.parse(bf16.stdout) as { perplexity: number; compute_dtype: string; tokens: number };
+    expect(a.compute_dtype).toBe('float32');
+    expect(b.compute_dtype).toBe('bf16');
+    expect(b.tokens).toBe(a.tokens);
+    expect(Math.abs(b.perplexity - a.perplexity) / a.perplexity).toBeLessThan(1e-2);
+    expect(b.perplexity).not.toBe(a.perplexity); // the bf16 path really ran
+  });
+
+  it('an unknown compute dtype is refused, naming the flag', () => {
+    const r = peft('eval', '--data', data, '--compute-dtype', 'fp8');
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/--compute-dtype/);
+    expect(r.stderr).toMatch(/fp8/);
+    expect(r.stderr).not.toMatch(/\n\s+at /); // one line, no stack
+  });
+});
