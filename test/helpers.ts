@@ -1,4 +1,5 @@
-/** Shared test helpers: fixture paths and tensor comparisons. */
+/** Shared test helpers: fixture paths, tensor comparisons and the CLI runner. */
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,4 +35,10 @@ export function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let mb = 0;
   for (let i = 0; i < b.length; i++) mb = Math.max(mb, Math.abs(b[i]));
   return maxAbsDiff(a, b) / (mb || 1);
+}
+
+/** Runs the `peft` CLI (src/cli/bin.ts through tsx) in a child process from the repository root; 2-minute limit. */
+export function runPeft(...args: string[]): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli', 'bin.ts'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }

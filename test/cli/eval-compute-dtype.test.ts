@@ -5,22 +5,18 @@
  * the flag.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bf16ComputeAvailable } from '../../src/models/compute-dtype.js';
-import { ROOT } from '../helpers.js';
+import { runPeft } from '../helpers.js';
 
 const work = mkdtempSync(join(tmpdir(), 'peft-eval-dtype-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 const data = join(work, 'data.jsonl');
 writeFileSync(data, Array.from({ length: 8 }, (_, i) => JSON.stringify({ text: `Once upon a time, Tom had ${i} red apples and a little dog named Max.` })).join('\n'));
 
-function peft(...args: string[]): { code: number; stderr: string; stdout: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli', 'bin.ts'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
-  return { code: r.status ?? -1, stderr: r.stderr, stdout: r.stdout };
-}
+const peft = runPeft;
 
 describe('peft eval --compute-dtype', () => {
   it.skipIf(!bf16ComputeAvailable())('bf16 gives a perplexity within 1% of float32, from bf16 products', () => {

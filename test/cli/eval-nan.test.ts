@@ -4,7 +4,6 @@
  * at step 1.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,17 +11,14 @@ import { readSafetensorsFile, writeSafetensorsFile, type TensorToWrite } from '.
 import { loadModel } from '../../src/models/load.js';
 import { createBottleneckAdapter, PeftModel, saveAdapter } from '../../src/peft/index.js';
 import { runTraining } from '../../src/train/run.js';
-import { ROOT, STORIES } from '../helpers.js';
+import { STORIES, runPeft } from '../helpers.js';
 
 const work = mkdtempSync(join(tmpdir(), 'peft-nan-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 const data = join(work, 'data.jsonl');
 writeFileSync(data, Array.from({ length: 8 }, (_, i) => JSON.stringify({ text: `Tom had ${i} red apples and a little dog.` })).join('\n'));
 
-function peft(...args: string[]): { code: number; stderr: string; stdout: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli', 'bin.ts'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
-  return { code: r.status ?? -1, stderr: r.stderr, stdout: r.stdout };
-}
+const peft = runPeft;
 
 /** A copy of stories260K with one NaN in layer 0's k_proj weight (every key of one head becomes NaN). */
 function corruptBase(): string {
