@@ -299,7 +299,7 @@ export class BatchDecoder {
     const setup = this.opts.setup ?? defaultSequenceSetup(this.model);
     s.prefix = setup.promptEmbeddings?.(s.adapter) ?? null;
     const P = s.prefix ? s.prefix.length / c.hiddenSize : 0;
-    s.cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, s.req.promptIds.length + P + Math.min(s.limit, 256) + 1);
+    s.cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, s.req.promptIds.length + P + Math.min(s.limit, 256) + 1, c.layers.map((l) => l.window));
     setup.prepareCache?.(s.cache, s.adapter);
   }
 

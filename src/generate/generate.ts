@@ -84,7 +84,7 @@ export function generateBatch(model: CausalLM, prompts: BatchPrompt[], opts: Gen
     const prefix = setup.promptEmbeddings?.(adapter) ?? null;
     const prefixRows = prefix ? prefix.length / c.hiddenSize : 0;
     const offset = setup.positionOffset?.(adapter) ?? 0;
-    const cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, offset + p.ids.length + prefixRows + maxNew + 1);
+    const cache = new KVCache(c.numLayers, c.numKvHeads, c.headDim, offset + p.ids.length + prefixRows + maxNew + 1, c.layers.map((l) => l.window));
     setup.prepareCache?.(cache, adapter);
     return {
       ids: [...p.ids], newIds: [] as number[], cache, adapter: adapter ?? null, offset, prefix,

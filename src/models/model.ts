@@ -450,7 +450,7 @@ export function forwardCached(model: CausalLM, seqs: CachedSeq[], ctx: ForwardCo
       seqs.forEach((s, i) => {
         const n = counts[i], r0 = starts[i];
         s.cache.write(layer.index, k.data.subarray(r0 * width, (r0 + n) * width), v.data.subarray(r0 * width, (r0 + n) * width), n);
-        const Tk = s.cache.length + n;
+        const Tk = s.cache.stored(layer.index) + n; // a sliding-window layer's cache holds only its window's keys
         native.attentionForward({
           B: 1, Tq: n, Tk, Hq: c.numHeads, Hkv: c.numKvHeads, D: c.headDim,
           qStride: qWidth, kStride: width, vStride: width, oStride: qWidth,
