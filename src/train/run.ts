@@ -230,6 +230,18 @@ function rss(): number {
   return process.memoryUsage().rss;
 }
 
+/**
+ * Applies `--compute-dtype` to a set-up run (call after its adapters are attached, so trainable
+ * weights are known) and adds a line to its summary; 'float32' or absent changes nothing.
+ * @throws PeftError for an unknown dtype (also an empty one) or bf16 where no bf16 kernel can run.
+ */
+export function applyComputeDtype(setup: { model: CausalLM; summary: string }, dtype: string | undefined): void {
+  if (dtype === undefined || dtype === 'float32') return;
+  const c = setComputeDtype(setup.model, dtype);
+  const kernel = native.kernelInfo().bf16Kernel === 'amx-bf16-tiles' ? 'AMX tiles (TDPBF16PS)' : 'VDPBF16PS';
+  setup.summary += `\ncompute dtype: ${dtype} (${c.bf16} frozen linear weights multiply in bf16 with ${kernel}, ${c.other} stay as they are)`;
+}
+
 /** Runs training end to end (see module doc). */
 export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): Promise<TrainRunResult> {
   // every output is checked before anything is loaded, so a bad path fails in a second, not after training
@@ -239,10 +251,7 @@ export async function runTraining(o: TrainRunOptions, events: RunEvents = {}): P
   let peakRss = rss();
   const setup = setupMethod(o);
   const { model, tokenizer, peft, params } = setup;
-  if (o.computeDtype && o.computeDtype !== 'float32') {
-    const c = setComputeDtype(model, o.computeDtype);
-    setup.summary += `\ncompute dtype: ${o.computeDtype} (${c.bf16} frozen linear weights multiply in bf16 with ${native.kernelInfo().bf16Kernel === 'amx-bf16-tiles' ? 'AMX tiles (TDPBF16PS)' : 'VDPBF16PS'}, ${c.other} stay as they are)`;
-  }
+  applyComputeDtype(setup, o.computeDtype);
   setGradientCheckpointing(model, o.gradientCheckpointing ?? false);
   const maxSeqLength = o.maxSeqLength ?? 256;
   const dataset = loadDataset(o.data, tokenizer, {

@@ -5,11 +5,12 @@
  * the flag.
  */
 import { afterAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bf16ComputeAvailable } from '../../src/models/compute-dtype.js';
-import { runPeft } from '../helpers.js';
+import { ROOT, runPeft } from '../helpers.js';
 
 const work = mkdtempSync(join(tmpdir(), 'peft-eval-dtype-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -31,6 +32,26 @@ describe('peft eval --compute-dtype', () => {
     expect(b.tokens).toBe(a.tokens);
     expect(Math.abs(b.perplexity - a.perplexity) / a.perplexity).toBeLessThan(1e-2);
     expect(b.perplexity).not.toBe(a.perplexity); // the bf16 path really ran
+  });
+
+  it('an unknown PEFT_KERNELS is one error line from the CLI, not a stack trace', () => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli', 'bin.ts'), 'eval', '--data', data],
+      { cwd: ROOT, encoding: 'utf8', timeout: 120_000, env: { ...process.env, PEFT_KERNELS: 'bogus', PEFT_DEBUG: '' } });
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim()).toBe('peft: error: PEFT_KERNELS: unknown kernel family (expected amx, avx512, avx2 or generic, found "bogus")');
+  });
+
+  it('an empty compute dtype is refused by train, naming the flag', () => {
+    const e = peft('train', '--data', data, '--max-steps', '1', '--compute-dtype', '', '--output', join(work, 'o'));
+    expect(e.code).not.toBe(0);
+    expect(e.stderr).toMatch(/peft: error: --compute-dtype: unknown compute dtype/);
+  });
+
+  it.skipIf(!bf16ComputeAvailable())('preference training (DPO) applies --compute-dtype bf16 too', () => {
+    const r = peft('train', '--data', join(ROOT, 'data', 'grimms_preference', 'train.jsonl'), '--objective', 'dpo', '--compute-dtype', 'bf16',
+      '--max-steps', '1', '--batch-size', '2', '--max-seq-length', '48', '--max-eval-examples', '2', '--output', join(work, 'dpo'));
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout + r.stderr).toMatch(/compute dtype: bf16 \(\d+ frozen linear weights multiply in bf16/);
   });
 
   it('an unknown compute dtype is refused, naming the flag', () => {

@@ -17,7 +17,7 @@ import { noGrad, withArena } from '../../tensor/index.js';
 import { buildProvenance, writeProvenance } from '../../lifecycle/provenance.js';
 import { loadDataset, splitIndices } from '../data/index.js';
 import { evaluate } from '../evaluate.js';
-import { DEFAULT_LR, openRunOutput, readMetricsLog, runSummary, saveResult, setupMethod, type RunEvents, type TrainRunOptions, type TrainRunResult } from '../run.js';
+import { applyComputeDtype, DEFAULT_LR, openRunOutput, readMetricsLog, runSummary, saveResult, setupMethod, type RunEvents, type TrainRunOptions, type TrainRunResult } from '../run.js';
 import { train, TRAIN_DEFAULTS, type TrainOptions } from '../trainer.js';
 import { collateSequences, indexLoader, loadPreferenceData, type PairExample, type PreferenceData, type UnpairedExample } from './data.js';
 import { defaultPreferenceConfig, needsReference, OBJECTIVES, type Objective, type PreferenceConfig } from './losses.js';
@@ -145,6 +145,7 @@ export async function runPreferenceTraining(o: TrainRunOptions, events: RunEvent
   let peakRss = process.memoryUsage().rss;
   const setup = setupMethod(o);
   const { model, tokenizer, peft, params } = setup;
+  applyComputeDtype(setup, o.computeDtype); // the reference (adapter disabled) shares these frozen weights
   const maxSeqLength = o.maxSeqLength ?? 256;
   const batchSize = o.batchSize ?? 8;
   const seed = o.seed ?? 0;
