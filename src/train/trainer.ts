@@ -48,6 +48,8 @@ export interface TrainOptions extends AdamWOptions {
   resume?: string;
   /** Keep only the N newest checkpoint-N directories (0 = keep all), as transformers' save_total_limit. */
   saveTotalLimit: number;
+  /** The run's `--compute-dtype` (applied to the model by the caller; recorded in checkpoints so a change on resume is stated). */
+  computeDtype?: string;
 }
 
 export const TRAIN_DEFAULTS: TrainOptions = {
@@ -122,7 +124,7 @@ export function train<B>(h: TrainHooks<B>, options: Partial<TrainOptions>): Trai
   const params = h.params;
   if (params.length === 0) throw new PeftError('nothing to train: the method has no trainable parameters');
   const opt = newAdamWState(params);
-  const runOptions = { maxSteps: o.maxSteps, gradAccum: o.gradAccum, lr: o.lr, schedule: o.schedule, warmupSteps: o.warmupSteps, seed: o.seed };
+  const runOptions = { maxSteps: o.maxSteps, gradAccum: o.gradAccum, lr: o.lr, schedule: o.schedule, warmupSteps: o.warmupSteps, seed: o.seed, computeDtype: o.computeDtype ?? 'float32' };
   let state: TrainerState = { step: 0, data: null, history: [], options: runOptions, tokensSeen: 0 };
   if (o.outputDir && o.checkpointEvery > 0) {
     const removed = cleanStaleCheckpointTemps(o.outputDir);
@@ -139,10 +141,12 @@ export function train<B>(h: TrainHooks<B>, options: Partial<TrainOptions>): Trai
         throw new PeftError('cannot resume with a different setting', { file: dir, field: k, expected: String(state.options[k]), found: String(runOptions[k]) });
     }
     // a changed learning rate or length changes the schedule from here on: allowed, and said
-    const flags: Record<string, string> = { lr: '--lr', maxSteps: '--max-steps', schedule: '--schedule', warmupSteps: '--warmup-steps' };
-    for (const k of ['lr', 'maxSteps', 'schedule', 'warmupSteps'] as const) {
+    const flags: Record<string, string> = { lr: '--lr', maxSteps: '--max-steps', schedule: '--schedule', warmupSteps: '--warmup-steps', computeDtype: '--compute-dtype' };
+    for (const k of ['lr', 'maxSteps', 'schedule', 'warmupSteps', 'computeDtype'] as const) {
       if (state.options[k] !== undefined && state.options[k] !== runOptions[k])
-        h.onNote?.(`resume: ${flags[k]} changed from ${String(state.options[k])} (checkpoint) to ${String(runOptions[k])}; the learning-rate schedule continues with the new value, so the result differs from an uninterrupted run`);
+        h.onNote?.(`resume: ${flags[k]} changed from ${String(state.options[k])} (checkpoint) to ${String(runOptions[k])}; ${k === 'computeDtype'
+          ? 'the remaining steps multiply the frozen weights in the new dtype'
+          : 'the learning-rate schedule continues with the new value'}, so the result differs from an uninterrupted run`);
     }
     if (state.step >= o.maxSteps) h.onNote?.(`resume: the checkpoint is at step ${state.step}, already at or past --max-steps ${o.maxSteps}; no further steps`);
     h.data.restore(state.data);

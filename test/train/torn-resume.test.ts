@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runTraining, type TrainRunOptions } from '../../src/train/run.js';
 import { PeftError } from '../../src/errors.js';
+import { bf16ComputeAvailable } from '../../src/models/compute-dtype.js';
 import { maxAbsDiff, readTensors, ROOT } from '../helpers.js';
 
 function dataFile(dir: string): string {
@@ -92,6 +93,16 @@ describe('kill -9 and resume with torn files', () => {
     await runTraining({ ...base(data, out), maxSteps: 8, lr: 1e-3, resume: out }, { onNote: (m) => notes.push(m) });
     expect(notes.join('\n')).toMatch(/--lr changed from 0\.005 \(checkpoint\) to 0\.001/);
     expect(notes.join('\n')).toMatch(/--max-steps changed from 6 \(checkpoint\) to 8/);
+  }, 60_000);
+
+  it.skipIf(!bf16ComputeAvailable())('a changed --compute-dtype on resume is stated', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'peft-dtype-'));
+    const data = dataFile(dir);
+    const out = join(dir, 'run');
+    await runTraining({ ...base(data, out), maxSteps: 2, checkpointEvery: 1, computeDtype: 'bf16' });
+    const notes: string[] = [];
+    await runTraining({ ...base(data, out), maxSteps: 3, resume: out }, { onNote: (m) => notes.push(m) });
+    expect(notes.join('\n')).toMatch(/--compute-dtype changed from bf16 \(checkpoint\) to float32; the remaining steps multiply the frozen weights in the new dtype/);
   }, 60_000);
 
   it('output problems fail before training: a directory named adapter_model.safetensors, a --result-json directory', async () => {
