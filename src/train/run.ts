@@ -148,6 +148,8 @@ export function setupMethod(o: TrainRunOptions): { model: CausalLM; tokenizer: T
   const dir = o.model ?? DEFAULT_MODEL;
   const method = o.method ?? 'lora';
   if (!METHODS.includes(method)) throw new PeftError('unknown method', { field: '--method', expected: METHODS.join(', '), found: method });
+  if (o.useDora && method !== 'lora' && method !== 'qlora')
+    throw new PeftError('DoRA is a LoRA variant', { field: '--use-dora', expected: '--method lora or qlora', found: `--method ${method}` });
   // a FIFO or device named config.json would block the model reader; refuse it by name first
   assertRegularIfExists(join(dir, 'config.json'), 'config.json');
   const tokenizer = loadTokenizer(dir);

@@ -1,8 +1,8 @@
 /**
- * `peft eval --compute-dtype bf16`: the frozen base weights multiply in bfloat16 (AMX tiles or
- * VDPBF16PS), as in `peft train --compute-dtype bf16`; the perplexity stays close to float32's but
- * is computed with bf16 products (so it is not bit-identical). An unknown dtype is refused naming
- * the flag.
+ * CLI flag checks: `peft eval --compute-dtype bf16` (frozen base weights multiply in bfloat16 on
+ * AMX tiles or VDPBF16PS, as in `peft train`; close to float32 but really bf16); preference
+ * training applies it too; unknown or empty dtypes, an unknown PEFT_KERNELS and --use-dora with a
+ * non-LoRA method are one-line errors naming the flag.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
@@ -52,6 +52,12 @@ describe('peft eval --compute-dtype', () => {
       '--max-steps', '1', '--batch-size', '2', '--max-seq-length', '48', '--max-eval-examples', '2', '--output', join(work, 'dpo'));
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout + r.stderr).toMatch(/compute dtype: bf16 \(\d+ frozen linear weights multiply in bf16/);
+  });
+
+  it('--use-dora with a method other than lora/qlora is refused, naming the flag', () => {
+    const r = peft('train', '--data', data, '--method', 'adapter', '--use-dora', '--max-steps', '1', '--output', join(work, 'dora'));
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe('peft: error: --use-dora: DoRA is a LoRA variant (expected --method lora or qlora, found --method adapter)');
   });
 
   it('an unknown compute dtype is refused, naming the flag', () => {
