@@ -45,11 +45,6 @@ export class KVCache {
     return this.length - this.dropped[l];
   }
 
-  /** Rows the largest layer can hold (for callers that size work by it). */
-  get capacity(): number {
-    return Math.max(...this.caps);
-  }
-
   /** Makes room in every layer for `extra` more positions. */
   reserve(extra: number): void {
     for (let l = 0; l < this.caps.length; l++) this.reserveLayer(l, extra);
