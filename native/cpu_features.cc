@@ -94,19 +94,30 @@ const CpuFeatures& cpu_features() {
   return f;
 }
 
-bool kernel_env_invalid() {
-  const char* e = std::getenv("PEFT_KERNELS");
-  if (!e || !*e) return false;
-  return std::strcmp(e, "amx") && std::strcmp(e, "avx512") && std::strcmp(e, "avx2") && std::strcmp(e, "generic");
+namespace {
+// PEFT_KERNELS, read once: unset/empty (no cap), one of the level names, or something else.
+enum class KernelsEnv { Unset, Amx, Avx512, Avx2, Generic, Invalid };
+KernelsEnv kernels_env() {
+  static const KernelsEnv v = [] {
+    const char* e = std::getenv("PEFT_KERNELS");
+    if (!e || !*e) return KernelsEnv::Unset;
+    if (!std::strcmp(e, "amx")) return KernelsEnv::Amx;
+    if (!std::strcmp(e, "avx512")) return KernelsEnv::Avx512;
+    if (!std::strcmp(e, "avx2")) return KernelsEnv::Avx2;
+    if (!std::strcmp(e, "generic")) return KernelsEnv::Generic;
+    return KernelsEnv::Invalid;
+  }();
+  return v;
 }
+}  // namespace
+
+bool kernel_env_invalid() { return kernels_env() == KernelsEnv::Invalid; }
 
 KernelLevel kernel_level() {
   static const KernelLevel l = [] {
     KernelLevel best = best_level(cpu_features());
-    const char* e = std::getenv("PEFT_KERNELS");
-    KernelLevel cap = KernelLevel::Avx512;
-    if (e && !std::strcmp(e, "avx2")) cap = KernelLevel::Avx2;
-    if (e && !std::strcmp(e, "generic")) cap = KernelLevel::Generic;
+    KernelsEnv e = kernels_env();
+    KernelLevel cap = e == KernelsEnv::Avx2 ? KernelLevel::Avx2 : e == KernelsEnv::Generic ? KernelLevel::Generic : KernelLevel::Avx512;
     return static_cast<int>(best) < static_cast<int>(cap) ? best : cap;
   }();
   return l;
@@ -126,8 +137,7 @@ bool bf16_dot_available() {
 
 bool amx_bf16_available() {
   static const bool a = [] {
-    const char* e = std::getenv("PEFT_KERNELS");
-    bool allowed = !e || !*e || !std::strcmp(e, "amx");
+    bool allowed = kernels_env() == KernelsEnv::Unset || kernels_env() == KernelsEnv::Amx;
     const CpuFeatures& f = cpu_features();
     return allowed && bf16_dot_available() && f.amx_tile && f.amx_bf16;
   }();
